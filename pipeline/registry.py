@@ -1,0 +1,135 @@
+"""The source registry: every source of the NV-Embed training mix, loaded from registry.yaml.
+
+The file is data; this module only validates it, so a typo in a column mapping fails at load
+time with the source and key named, not hours into a download.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nvdata.errors import NvdataError
+from nvdata.schema import TASK_TYPES
+
+REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
+
+LAYOUTS = ("beir", "pairs", "table")
+# Canonical raw fields each (task type, layout) must map from Hub columns.
+REQUIRED_COLUMNS = {
+    ("retrieval", "pairs"): ("query", "positive"),
+    ("classification", "table"): ("text", "label"),
+    ("clustering", "table"): ("text", "categories"),
+    ("sts", "table"): ("sentence1", "sentence2", "score"),
+}
+OPTIONAL_COLUMNS = {("classification", "table"): ("label_text",)}
+_KEYS = {
+    "task_type", "hf_id", "config", "layout", "split", "revision", "columns", "streaming",
+    "licence", "citation", "paper_samples", "available", "unavailable_reason", "note",
+    "categories_sep", "label_names",
+}
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    name: str
+    task_type: str
+    hf_id: str
+    layout: str
+    split: str
+    licence: str
+    citation: str
+    config: str | None = None
+    revision: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    streaming: bool = False
+    paper_samples: int | None = None
+    available: bool = True
+    unavailable_reason: str | None = None
+    note: str | None = None
+    categories_sep: str | None = None
+    label_names: tuple[str, ...] | None = None
+
+    @property
+    def repo_path(self) -> str:
+        """``org/name`` part of a mirror path."""
+        return self.hf_id
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["label_names"] = list(self.label_names) if self.label_names else None
+        return d
+
+
+def _entry(name: str, raw: dict) -> SourceEntry:
+    where = f"registry source {name!r}"
+    if not isinstance(raw, dict):
+        raise NvdataError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise NvdataError(f"{where}: unknown key(s) {sorted(unknown)}")
+    for key in ("task_type", "hf_id", "layout", "split", "licence", "citation"):
+        if not raw.get(key):
+            raise NvdataError(f"{where}: missing required key {key!r}")
+    task_type, layout = raw["task_type"], raw["layout"]
+    if task_type not in TASK_TYPES:
+        raise NvdataError(f"{where}.task_type: {task_type!r} is not one of {TASK_TYPES}")
+    if layout not in LAYOUTS:
+        raise NvdataError(f"{where}.layout: {layout!r} is not one of {LAYOUTS}")
+    if layout == "beir" and task_type != "retrieval":
+        raise NvdataError(f"{where}.layout: 'beir' is only for retrieval sources")
+    columns = dict(raw.get("columns") or {})
+    required = REQUIRED_COLUMNS.get((task_type, layout), ())
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise NvdataError(f"{where}.columns: missing mapping for {missing}")
+    allowed = set(required) | set(OPTIONAL_COLUMNS.get((task_type, layout), ()))
+    extra = set(columns) - allowed
+    if extra:
+        raise NvdataError(f"{where}.columns: unknown canonical field(s) {sorted(extra)}")
+    if raw.get("paper_samples") is not None and not isinstance(raw["paper_samples"], int):
+        raise NvdataError(f"{where}.paper_samples: expected an integer or null")
+    available = bool(raw.get("available", True))
+    if not available and not raw.get("unavailable_reason"):
+        raise NvdataError(f"{where}: available: false needs an unavailable_reason")
+    names = raw.get("label_names")
+    return SourceEntry(
+        name=name,
+        task_type=task_type,
+        hf_id=raw["hf_id"],
+        layout=layout,
+        split=raw["split"],
+        licence=raw["licence"],
+        citation=raw["citation"],
+        config=raw.get("config"),
+        revision=raw.get("revision"),
+        columns=columns,
+        streaming=bool(raw.get("streaming", False)),
+        paper_samples=raw.get("paper_samples"),
+        available=available,
+        unavailable_reason=raw.get("unavailable_reason"),
+        note=raw.get("note"),
+        categories_sep=raw.get("categories_sep"),
+        label_names=tuple(names) if names else None,
+    )
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, SourceEntry]:
+    """Load and validate the registry; ordered as in the file."""
+    p = Path(path) if path else REGISTRY_FILE
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise NvdataError(f"cannot read source registry {p}: {e}") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("sources"), dict):
+        raise NvdataError(f"source registry {p}: expected a top-level 'sources' mapping")
+    return {name: _entry(name, raw) for name, raw in doc["sources"].items()}
+
+
+def get_source(name: str, registry: dict[str, SourceEntry] | None = None) -> SourceEntry:
+    reg = registry if registry is not None else load_registry()
+    if name not in reg:
+        raise NvdataError(f"unknown source {name!r}; known: {', '.join(reg)}")
+    return reg[name]
