@@ -1,0 +1,406 @@
+"""The recipe runner: download -> decontaminate -> format -> mine -> write.
+
+Every stage's output is cached under ``CACHE/<stage>/<source>-<key>/`` where ``key`` hashes the
+stage's inputs (the upstream key) and its options, written to a temp folder and renamed when
+complete. An interrupted build therefore resumes at the first stage without a finished folder,
+and a re-run with one changed option redoes only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nvdata import emit
+from nvdata.errors import NvdataError
+from nvdata.paths import sample_mirror_dir
+from nvdata.recipe import Recipe
+from nvdata.registry import SourceEntry, load_registry
+from nvdata.sources import RawSource, download_source
+
+STAGES = ("download", "decontaminate", "format", "mine", "write")
+# Canonical raw fields checked against the test sets, per raw table.
+DECONTAM_FIELDS = {
+    "pairs": ["query", "positive"],
+    "corpus": ["text"],
+    "classification": ["text"],
+    "clustering": ["text"],
+    "sts": ["sentence1", "sentence2"],
+}
+
+
+def key_of(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@contextmanager
+def stage_folder(cache: Path, stage: str, source: str, key: str):
+    """Yield (final_path, tmp_path or None). tmp is None when the stage is already cached."""
+    final = Path(cache) / stage / f"{source}-{key}"
+    if (final / "done.json").is_file():
+        yield final, None
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{source}-", dir=final.parent))
+    try:
+        yield final, tmp
+        (tmp / "done.json").write_text(json.dumps({"key": key}))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class SourceResult:
+    name: str
+    task_type: str
+    raw_rows: int = 0
+    decontam_dropped: int = 0
+    format_dropped: int = 0
+    mine_dropped: int = 0
+    rows: int = 0
+    mean_negatives: float = 0.0
+    rows_file: Path | None = None
+    cached: dict = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict
+    sources: list[SourceResult]
+    timings: dict[str, float]
+    skipped: dict[str, str]
+
+
+class _Timer:
+    def __init__(self):
+        self.t: dict[str, float] = {s: 0.0 for s in STAGES}
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.t[stage] += time.perf_counter() - t0
+
+
+def _instructions_hash() -> str:
+    from nvdata.paths import data_dir
+
+    h = hashlib.sha256()
+    for p in sorted(data_dir("instructions").glob("*")):
+        if p.is_file():
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cap_rows(table: pa.Table, max_rows: int | None, seed: int, source: str) -> pa.Table:
+    """Seeded sample of ``max_rows`` rows, kept in their original order."""
+    if max_rows is None or table.num_rows <= max_rows:
+        return table
+    rng = np.random.default_rng([seed, int(hashlib.sha256(source.encode()).hexdigest()[:8], 16)])
+    idx = np.sort(rng.choice(table.num_rows, size=max_rows, replace=False))
+    return table.take(pa.array(idx))
+
+
+# -- stages -----------------------------------------------------------------------------------------
+
+
+def _decontaminate(raw: RawSource, entry: SourceEntry, recipe: Recipe, index, cache: Path):
+    from nvdata import decontam
+
+    key = key_of(raw.path.name, recipe.decontamination.to_dict(), index.key)
+    with stage_folder(cache, "decontaminate", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            parts = ([("pairs", raw.data_file), ("corpus", raw.corpus_file)]
+                     if entry.task_type == "retrieval" else [(entry.task_type, raw.data_file)])
+            hits, counts = [], {}
+            for kind, path in parts:
+                table = pq.read_table(path)
+                id_col = "doc_id" if kind == "corpus" else "row_index"
+                clean, kind_hits = decontam.decontaminate_table(
+                    table, DECONTAM_FIELDS[kind], source=entry.name, index=index,
+                    cfg=recipe.decontamination, id_column=id_col)
+                for h in kind_hits:
+                    h.setdefault("table", kind)
+                hits.extend(kind_hits)
+                counts[kind] = {"checked": table.num_rows, "kept": clean.num_rows,
+                                "dropped": table.num_rows - clean.num_rows}
+                pq.write_table(clean, tmp / path.name, compression="zstd")
+            emit.write_json(tmp / "hits.json", hits)
+            emit.write_json(tmp / "counts.json", counts)
+    return final, key
+
+
+def _format(entry, recipe, spec, decontam_dir: Path, dkey: str, cache: Path):
+    from nvdata.instruct import format_source
+
+    key = key_of(dkey, recipe.format.to_dict(), _instructions_hash(), recipe.seed, spec.max_rows)
+    with stage_folder(cache, "format", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            name = "pairs.parquet" if entry.task_type == "retrieval" else "data.parquet"
+            raw = pq.read_table(decontam_dir / name)
+            rows, report = format_source(entry, raw, recipe.format, recipe.seed)
+            capped = _cap_rows(rows, spec.max_rows, recipe.seed, entry.name)
+            report = dict(report, capped=rows.num_rows - capped.num_rows)
+            pq.write_table(capped, tmp / "rows.parquet", compression="zstd")
+            emit.write_json(tmp / "report.json", report)
+    return final, key
+
+
+def _mine_dense(entry, recipe, fmt_dir, fkey, decontam_dir, cache, encoder, device):
+    from nvdata.mine.dense import mine_dense_negatives
+
+    key = key_of(fkey, recipe.dense.to_dict(), encoder, recipe.seed)
+    with stage_folder(cache, "mine", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            rows = pq.read_table(fmt_dir / "rows.parquet")
+            corpus = pq.read_table(decontam_dir / "corpus.parquet")
+            mined, report = mine_dense_negatives(
+                rows, corpus, recipe.dense, encoder=encoder, device=device,
+                cache_dir=Path(cache) / "embeddings", seed=recipe.seed)
+            pq.write_table(mined, tmp / "rows.parquet", compression="zstd")
+            emit.write_json(tmp / "report.json", report)
+    return final
+
+
+def _mine_bm25(entry, recipe, fmt_dir, fkey, pools: dict[str, Path], pool_keys, cache):
+    from nvdata.mine.bm25 import mine_bm25_negatives
+
+    key = key_of(fkey, recipe.bm25.to_dict(), pool_keys)
+    with stage_folder(cache, "mine", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            rows = pq.read_table(fmt_dir / "rows.parquet")
+            pool_tables = {name: pq.read_table(p) for name, p in pools.items()}
+            mined, report = mine_bm25_negatives(rows, pool_tables, recipe.bm25)
+            pq.write_table(mined, tmp / "rows.parquet", compression="zstd")
+            emit.write_json(tmp / "report.json", report)
+    return final
+
+
+def _no_mining(entry, fmt_dir, fkey, cache):
+    """Classification / clustering rows got their label negatives at formatting time."""
+    with stage_folder(cache, "mine", entry.name, fkey) as (final, tmp):
+        if tmp is not None:
+            shutil.copy(fmt_dir / "rows.parquet", tmp / "rows.parquet")
+            emit.write_json(tmp / "report.json", {"method": "label (at formatting)"})
+    return final
+
+
+# -- the build ----------------------------------------------------------------------------------------
+
+
+def run_build(
+    recipe: Recipe,
+    *,
+    out: Path | None = None,
+    mirror: Path | None = None,
+    sample: bool = False,
+    encoder: str | None = None,
+    device: str | None = None,
+    limit: int | None = None,
+    force: bool = False,
+    cache: Path | None = None,
+    progress: Callable[[str, str], None] | None = None,
+) -> BuildResult:
+    """Run the recipe end to end and publish OUT atomically; returns the manifest and stats."""
+    from nvdata import decontam
+    from nvdata.instruct import instruction_for_source
+
+    if sample and mirror is not None:
+        raise NvdataError("give either --mirror or --sample, not both")
+    if sample:
+        mirror = sample_mirror_dir()
+    out = Path(out or recipe.output.dir)
+    cache = Path(cache or out.parent / ".nvdata-cache")
+    if force and cache.exists():
+        shutil.rmtree(cache)
+    say = progress or (lambda stage, msg: None)
+    timer = _Timer()
+    registry = load_registry()
+    results: dict[str, SourceResult] = {}
+    skipped: dict[str, str] = {}
+    specs = {s.name: s for s in recipe.sources}
+
+    # 1. download
+    raws: dict[str, RawSource] = {}
+    with timer("download"):
+        for spec in recipe.sources:
+            entry = registry[spec.name]
+            if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
+                skipped[entry.name] = f"not publicly available: {entry.unavailable_reason}"
+                say("download", f"{entry.name}: SKIPPED ({skipped[entry.name]})")
+                continue
+            raw = download_source(entry, cache=cache, mirror=mirror, limit=limit)
+            raws[entry.name] = raw
+            results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
+                                               cached={"download": raw.cached})
+            say("download", f"{entry.name}: {raw.rows} rows{' (cached)' if raw.cached else ''}")
+    if not raws:
+        raise NvdataError(f"recipe {recipe.name!r}: no source could be built")
+
+    # 2. decontaminate
+    decontam_dirs: dict[str, tuple[Path, str]] = {}
+    all_hits: list[dict] = []
+    with timer("decontaminate"):
+        index = decontam.build_test_index(recipe.decontamination, mirror=mirror,
+                                          cache_dir=cache / "test-index")
+        for name, raw in raws.items():
+            d, dkey = _decontaminate(raw, registry[name], recipe, index, cache)
+            decontam_dirs[name] = (d, dkey)
+            hits = json.loads((d / "hits.json").read_text())
+            counts = json.loads((d / "counts.json").read_text())
+            all_hits.extend(hits)
+            main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
+            results[name].decontam_dropped = counts[main_kind]["dropped"]
+            results[name].cached["decontam_counts"] = counts
+            say("decontaminate", f"{name}: dropped {results[name].decontam_dropped}")
+
+    # 3. format
+    fmt: dict[str, tuple[Path, str]] = {}
+    with timer("format"):
+        for name in raws:
+            d, dkey = decontam_dirs[name]
+            fdir, fkey = _format(registry[name], recipe, specs[name], d, dkey, cache)
+            fmt[name] = (fdir, fkey)
+            rep = json.loads((fdir / "report.json").read_text())
+            results[name].cached["format_report"] = rep
+            say("format", f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
+
+    # 4. mine
+    mine_reports: dict[str, dict] = {}
+    sts_names = [n for n in raws if registry[n].task_type == "sts"]
+    with timer("mine"):
+        for name in raws:
+            entry = registry[name]
+            fdir, fkey = fmt[name]
+            if entry.task_type == "retrieval":
+                mdir = _mine_dense(entry, recipe, fdir, fkey, decontam_dirs[name][0], cache,
+                                   encoder, device)
+            elif entry.task_type == "sts":
+                pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
+                pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
+                pool_keys = [decontam_dirs[n][1] for n in pool_names]
+                mdir = _mine_bm25(entry, recipe, fdir, fkey, pools, pool_keys, cache)
+            else:
+                mdir = _no_mining(entry, fdir, fkey, cache)
+            mine_reports[name] = json.loads((mdir / "report.json").read_text())
+            rows_file = mdir / "rows.parquet"
+            negs = pq.read_table(rows_file, columns=["negatives"]).column("negatives")
+            r = results[name]
+            r.rows_file = rows_file
+            r.rows = len(negs)
+            lens = pa.compute.list_value_length(negs).to_numpy(zero_copy_only=False)
+            r.mean_negatives = float(lens.mean()) if len(lens) else 0.0
+            say("mine", f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
+
+    # 5. write
+    with timer("write"):
+        live = [r for r in results.values() if r.rows > 0]
+        with emit.atomic_output(out) as tmp:
+            shards = emit.write_shards(
+                [r.rows_file for r in live], tmp / "shards", seed=recipe.seed,
+                shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
+                in_batch_negatives=recipe.in_batch_negatives)
+            decontam_summary = decontam.write_report(
+                all_hits, {n: results[n].cached["decontam_counts"] for n in raws}, tmp / "reports")
+            emit.write_json(tmp / "reports" / "mining.json", mine_reports)
+            manifest = {
+                "nvdata_manifest_version": 1,
+                "recipe": recipe.to_dict(),
+                "recipe_path": recipe.path,
+                "config_hash": recipe.config_hash(),
+                "seed": recipe.seed,
+                "encoder": encoder,
+                "mirror": str(mirror) if mirror else None,
+                "limit": limit,
+                "versions": emit.library_versions(),
+                "total_rows": sum(s["rows"] for s in shards),
+                "shards": shards,
+                "sources": {
+                    r.name: {
+                        "task_type": r.task_type, "raw_rows": r.raw_rows, "rows": r.rows,
+                        "decontam_dropped": r.decontam_dropped,
+                        "mean_negatives": round(r.mean_negatives, 4),
+                        "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
+                        "format": r.cached.get("format_report"),
+                    }
+                    for r in results.values()
+                },
+                "skipped_sources": skipped,
+                "decontamination": decontam_summary,
+            }
+            instructions = {n: instruction_for_source(n) for n in results}
+            (tmp / "README.md").write_text(
+                emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
+            emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
+    say("write", f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
+    return BuildResult(out, manifest, list(results.values()), timer.t, skipped)
+
+
+# -- partial runs used by the CLI -------------------------------------------------------------------
+
+
+def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=None,
+                              cache: Path, report_dir: Path) -> dict:
+    """`nvdata decontaminate`: download (cached) + decontaminate the sources, write the report."""
+    from nvdata import decontam
+
+    registry = load_registry()
+    wanted = list(names or [s.name for s in recipe.sources])
+    index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
+    hits, counts = [], {}
+    for name in wanted:
+        if name not in registry:
+            raise NvdataError(f"unknown source {name!r}")
+        entry = registry[name]
+        if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
+            continue
+        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
+        d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
+        hits.extend(json.loads((d / "hits.json").read_text()))
+        counts[name] = json.loads((d / "counts.json").read_text())
+    return decontam.write_report(hits, counts, Path(report_dir))
+
+
+def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirror=None, limit=None,
+                               cache: Path, epochs: int = 1, batch_size: int = 32, device=None) -> Path:
+    """`nvdata finetune-miner`: the recipe's retrieval pairs (decontaminated) train the miner."""
+    from nvdata import decontam
+    from nvdata.finetune import finetune_miner
+
+    registry = load_registry()
+    index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
+    pair_files = []
+    for spec in recipe.sources:
+        entry = registry[spec.name]
+        if entry.task_type != "retrieval":
+            continue
+        if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
+            continue
+        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
+        d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
+        pair_files.append(d / "pairs.parquet")
+    if not pair_files:
+        raise NvdataError(f"recipe {recipe.name!r} has no retrieval source to fine-tune the miner on")
+    pairs = pa.concat_tables([pq.read_table(f, columns=["query", "positive"]) for f in pair_files])
+    return finetune_miner(pairs, encoder=encoder, out_dir=Path(out), epochs=epochs,
+                          batch_size=batch_size, device=device, seed=recipe.seed)

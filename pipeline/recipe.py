@@ -1,0 +1,194 @@
+"""Recipes: which sources, how to format, mine, decontaminate and shard them (recipes/*.yaml).
+
+A recipe is a built-in name (``stage1``, ``stage2``, ``stage2-v2``) or a path to a YAML file.
+Every key is validated: unknown keys and unknown sources are errors naming the key, because a
+typo silently ignored costs a multi-hour build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nvdata.errors import NvdataError
+from nvdata.paths import data_dir
+from nvdata.registry import SourceEntry, load_registry
+
+_TOP_KEYS = {
+    "name", "description", "stage", "seed", "in_batch_negatives", "sources", "format",
+    "mining", "decontamination", "output", "train",
+}
+_SOURCE_KEYS = {"max_rows", "weight"}
+_MINING_KEYS = {"dense", "bm25"}
+_OUTPUT_KEYS = {"dir", "shard_rows", "row_group_rows"}
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    max_rows: int | None = None  # cap on formatted rows (seeded sample), e.g. the paper's count
+    weight: float = 1.0  # recorded in the manifest for samplers; does not duplicate rows
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    dir: str
+    shard_rows: int = 100_000
+    row_group_rows: int = 10_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    stage: int
+    seed: int
+    in_batch_negatives: bool
+    sources: tuple[SourceSpec, ...]
+    output: OutputSpec
+    description: str = ""
+    format: Any = None  # instruct.FormatConfig
+    dense: Any = None  # mine.dense.DenseConfig
+    bm25: Any = None  # mine.bm25.BM25Config
+    decontamination: Any = None  # decontam.DecontamConfig
+    train: dict = field(default_factory=dict)  # validated by train.TrainConfig when training
+    path: str | None = None
+
+    def entries(self, registry: dict[str, SourceEntry] | None = None) -> list[SourceEntry]:
+        reg = registry or load_registry()
+        return [reg[s.name] for s in self.sources]
+
+    def to_dict(self) -> dict:
+        """The resolved recipe (every default filled in), as written to the manifest."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "stage": self.stage,
+            "seed": self.seed,
+            "in_batch_negatives": self.in_batch_negatives,
+            "sources": {s.name: {"max_rows": s.max_rows, "weight": s.weight} for s in self.sources},
+            "format": self.format.to_dict(),
+            "mining": {"dense": self.dense.to_dict(), "bm25": self.bm25.to_dict()},
+            "decontamination": self.decontamination.to_dict(),
+            "output": {"dir": self.output.dir, "shard_rows": self.output.shard_rows,
+                       "row_group_rows": self.output.row_group_rows},
+            "train": self.train,
+        }
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def builtin_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(data_dir("recipes").glob("*.yaml"))}
+
+
+def _mapping(value, where: str, allowed: set[str] | None = None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise NvdataError(f"recipe key {where}: expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise NvdataError(f"recipe key {where}.{unknown[0]}: unknown key (allowed: {sorted(allowed)})")
+    return value
+
+
+def _int(value, where: str, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise NvdataError(f"recipe key {where}: expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise NvdataError(f"recipe key {where}: must be >= {minimum}, got {value}")
+    return value
+
+
+def _sources(raw, registry: dict[str, SourceEntry]) -> tuple[SourceSpec, ...]:
+    if isinstance(raw, list):
+        raw = {name: None for name in raw}
+    raw = _mapping(raw, "sources")
+    if not raw:
+        raise NvdataError("recipe key sources: at least one source is required")
+    out = []
+    for name, spec in raw.items():
+        if name not in registry:
+            raise NvdataError(f"recipe key sources.{name}: unknown source (see `nvdata sources`)")
+        spec = _mapping(spec, f"sources.{name}", _SOURCE_KEYS)
+        max_rows = spec.get("max_rows")
+        if max_rows is not None:
+            max_rows = _int(max_rows, f"sources.{name}.max_rows", 1)
+        weight = spec.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise NvdataError(f"recipe key sources.{name}.weight: expected a positive number, got {weight!r}")
+        out.append(SourceSpec(name, max_rows, float(weight)))
+    return tuple(out)
+
+
+def parse_recipe(doc: dict, *, path: str | None = None) -> Recipe:
+    from nvdata.decontam import DecontamConfig
+    from nvdata.instruct import FormatConfig
+    from nvdata.mine.bm25 import BM25Config
+    from nvdata.mine.dense import DenseConfig
+
+    doc = _mapping(doc, "<top>", _TOP_KEYS)
+    for key in ("name", "stage", "sources"):
+        if key not in doc:
+            raise NvdataError(f"recipe key {key}: missing")
+    stage = _int(doc["stage"], "stage", 1)
+    if stage not in (1, 2):
+        raise NvdataError(f"recipe key stage: must be 1 or 2, got {stage}")
+    ibn = doc.get("in_batch_negatives", stage == 1)
+    if not isinstance(ibn, bool):
+        raise NvdataError(f"recipe key in_batch_negatives: expected true/false, got {ibn!r}")
+    mining = _mapping(doc.get("mining"), "mining", _MINING_KEYS)
+    output = _mapping(doc.get("output"), "output", _OUTPUT_KEYS)
+    registry = load_registry()
+    name = doc["name"]
+    if not isinstance(name, str) or not name:
+        raise NvdataError("recipe key name: expected a non-empty string")
+    train = _mapping(doc.get("train"), "train")
+    return Recipe(
+        name=name,
+        description=str(doc.get("description", "")),
+        stage=stage,
+        seed=_int(doc.get("seed", 42), "seed", 0),
+        in_batch_negatives=ibn,
+        sources=_sources(doc["sources"], registry),
+        format=FormatConfig.from_dict(_mapping(doc.get("format"), "format"), "format"),
+        dense=DenseConfig.from_dict(_mapping(mining.get("dense"), "mining.dense"), "mining.dense"),
+        bm25=BM25Config.from_dict(_mapping(mining.get("bm25"), "mining.bm25"), "mining.bm25"),
+        decontamination=DecontamConfig.from_dict(
+            _mapping(doc.get("decontamination"), "decontamination"), "decontamination"
+        ),
+        output=OutputSpec(
+            dir=str(output.get("dir", f"nvdata-out/{name}")),
+            shard_rows=_int(output.get("shard_rows", 100_000), "output.shard_rows", 1),
+            row_group_rows=_int(output.get("row_group_rows", 10_000), "output.row_group_rows", 1),
+        ),
+        train=train,
+        path=path,
+    )
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A built-in recipe by name, or a YAML file by path."""
+    builtins = builtin_recipes()
+    p = Path(name_or_path)
+    if str(name_or_path) in builtins and not p.is_file():
+        p = builtins[str(name_or_path)]
+    if not p.is_file():
+        raise NvdataError(
+            f"recipe {str(name_or_path)!r} is neither a built-in ({', '.join(builtins)}) nor a file"
+        )
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise NvdataError(f"cannot read recipe {p}: {e}") from e
+    if not isinstance(doc, dict):
+        raise NvdataError(f"recipe {p}: expected a YAML mapping at the top level")
+    return parse_recipe(doc, path=str(p))
