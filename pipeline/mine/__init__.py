@@ -1,0 +1,1 @@
+"""Negative mining: dense (retrieval), BM25 (STS) and label/example sampling (classification, clustering)."""

@@ -1,0 +1,124 @@
+"""emit + export: sharding, determinism, atomic publish, sentence-transformers columns."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from nvdata import emit
+from nvdata.errors import NvdataError
+from nvdata.export import export_build
+from nvdata.schema import FORMATTED, ROW
+
+
+def _rows(source, n, negs=2, doc_instruction=None):
+    return pa.table({
+        "id": [f"{source}-{i}" for i in range(n)],
+        "source": [source] * n,
+        "task_type": ["sts" if doc_instruction else "retrieval"] * n,
+        "instruction": ["Retrieve things"] * n,
+        "query": [f"q {source} {i}" for i in range(n)],
+        "positive": [f"p {source} {i}" for i in range(n)],
+        "negatives": [[f"n{i}-{k}" for k in range(negs if i % 5 else negs - 1)] for i in range(n)],
+        "negative_scores": [[0.5] * (negs if i % 5 else negs - 1) for i in range(n)],
+        "positive_score": [0.9] * n,
+        "negative_method": ["dense"] * n,
+        "in_batch_negatives": [False] * n,
+        "document_instruction": [doc_instruction] * n,
+        "query_id": [f"q{i}" for i in range(n)],
+        "positive_id": [f"p{i}" for i in range(n)],
+    }, schema=FORMATTED)
+
+
+@pytest.fixture
+def row_files(tmp_path):
+    files = []
+    for name, n in (("a", 120), ("b", 45), ("c", 7)):
+        p = tmp_path / f"{name}.parquet"
+        pq.write_table(_rows(name, n, doc_instruction="Retrieve similar text" if name == "c" else None), p)
+        files.append(p)
+    return files
+
+
+def test_shards_hold_every_row_once_shuffled_across_sources_and_deterministic(row_files, tmp_path):
+    a = emit.write_shards(row_files, tmp_path / "o1" / "shards", seed=3, shard_rows=50,
+                          row_group_rows=16, in_batch_negatives=True)
+    b = emit.write_shards(row_files, tmp_path / "o2" / "shards", seed=3, shard_rows=50,
+                          row_group_rows=16, in_batch_negatives=True)
+    assert [s["sha256"] for s in a] == [s["sha256"] for s in b]  # byte-identical
+    assert len(a) == 4 and sum(s["rows"] for s in a) == 172
+    t = pa.concat_tables([pq.read_table(tmp_path / "o1" / s["file"]) for s in a])
+    assert t.schema.equals(ROW)
+    assert sorted(t.column("id").to_pylist()) == sorted(
+        sum((pq.read_table(f).column("id").to_pylist() for f in row_files), []))
+    assert all(t.column("in_batch_negatives").to_pylist())
+    first = pq.read_table(tmp_path / "o1" / a[0]["file"]).column("source").to_pylist()
+    assert len(set(first)) > 1  # mixed, not source after source
+    c = emit.write_shards(row_files, tmp_path / "o3" / "shards", seed=4, shard_rows=50,
+                          row_group_rows=16, in_batch_negatives=True)
+    assert [s["sha256"] for s in c] != [s["sha256"] for s in a]
+
+
+def test_atomic_output_keeps_the_previous_build_when_a_new_one_fails(tmp_path):
+    out = tmp_path / "out"
+    with emit.atomic_output(out) as tmp:
+        (tmp / "data.txt").write_text("good")
+        emit.write_json(tmp / "manifest.json", {"ok": 1})
+    with pytest.raises(RuntimeError):
+        with emit.atomic_output(out) as tmp:
+            (tmp / "data.txt").write_text("half")
+            raise RuntimeError("crash mid-build")
+    assert (out / "data.txt").read_text() == "good"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp folders left
+
+
+def test_output_without_manifest_is_never_published(tmp_path):
+    with pytest.raises(NvdataError, match="without a manifest"):
+        with emit.atomic_output(tmp_path / "out") as tmp:
+            (tmp / "x").write_text("x")
+    assert not (tmp_path / "out").exists()
+
+
+def _build(tmp_path, row_files):
+    out = tmp_path / "build"
+    with emit.atomic_output(out) as tmp:
+        shards = emit.write_shards(row_files, tmp / "shards", seed=1, shard_rows=100,
+                                   row_group_rows=32, in_batch_negatives=False)
+        emit.write_json(tmp / "manifest.json", {"shards": shards})
+    return out
+
+
+def test_export_sentence_transformers_columns_with_instruction_on_the_anchor(row_files, tmp_path):
+    build = _build(tmp_path, row_files)
+    res = export_build(build, tmp_path / "st")
+    assert res["num_negatives"] == 1  # the most every row has
+    t = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "st").glob("*.parquet"))])
+    assert t.column_names == ["anchor", "positive", "negative_1"]
+    assert t.num_rows == 172 and res["dropped"] == 0
+    r = t.to_pylist()
+    assert all(x["anchor"].startswith("Instruct: Retrieve things\nQuery: q ") for x in r)
+    sts_pos = [x["positive"] for x in r if x["positive"].startswith("Instruct:")]
+    assert len(sts_pos) == 7  # source c carries a document instruction
+    res2 = export_build(build, tmp_path / "st2", num_negatives=2)
+    assert res2["rows"] + res2["dropped"] == 172 and res2["dropped"] > 0
+
+
+def test_export_loads_in_sentence_transformers_trainer_format(row_files, tmp_path):
+    import datasets
+
+    build = _build(tmp_path, row_files)
+    export_build(build, tmp_path / "st")
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "st"), split="train")
+    assert ds.column_names == ["anchor", "positive", "negative_1"] and len(ds) == 172
+
+
+def test_export_jsonl_and_bad_inputs(row_files, tmp_path):
+    build = _build(tmp_path, row_files)
+    res = export_build(build, tmp_path / "j", fmt="jsonl")
+    lines = [json.loads(line) for p in (tmp_path / "j").glob("*.jsonl") for line in p.open()]
+    assert res["rows"] == len(lines) == 172 and set(lines[0]) == set(ROW.names)
+    with pytest.raises(NvdataError, match="--format"):
+        export_build(build, tmp_path / "x", fmt="csv")
+    with pytest.raises(NvdataError, match="not a finished nvdata build"):
+        export_build(tmp_path / "nothing", tmp_path / "x")
