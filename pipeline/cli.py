@@ -21,7 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 MirrorOpt = Annotated[Optional[Path], typer.Option("--mirror", help="Local Hub-layout mirror: DIR/<org>/<name>/.")]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="Use the bundled sample mirror.")]
