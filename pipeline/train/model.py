@@ -450,7 +450,7 @@ def build_model(
             pooler: nn.Module = MeanPooling()
             weights = "sentence_transformers"
             hidden = st[0].get_embedding_dimension()
-            emb_dim = st.get_sentence_embedding_dimension() or hidden
+            emb_dim = st.get_embedding_dimension() or hidden
         else:
             st, post = None, ()
             # LoRA leaves the base frozen, so on CUDA it can sit in bf16; full fine-tuning keeps
@@ -557,7 +557,7 @@ def load_model(
         pooler: nn.Module = MeanPooling()
         meta = {
             **meta,
-            "embedding_dim": int(st.get_sentence_embedding_dimension() or st[0].get_embedding_dimension()),
+            "embedding_dim": int(st.get_embedding_dimension() or st[0].get_embedding_dimension()),
             "query_template": QUERY_TEMPLATE,
         }
         meta.setdefault("base_model", str(path))

