@@ -311,11 +311,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def audit_build(out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: DecontamConfig) -> dict:
+def audit_build(
+    out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: DecontamConfig | None = None
+) -> dict:
     """Re-check a finished build: manifest checksums and row counts, then every shard's rows.
 
-    ``ok`` is false on any checksum, row-count or listing mismatch and on any hit (under
-    either negative policy a finished build must have none); the CLI exits non-zero then.
+    ``cfg`` defaults to the decontamination options the build recorded in its manifest
+    (``recipe.decontamination``), else the defaults. ``ok`` is false on any checksum,
+    row-count or listing mismatch and on any hit (under either negative policy a finished
+    build must have none); the CLI exits non-zero then.
     """
     out_dir = Path(out_dir)
     manifest_path = out_dir / "manifest.json"
@@ -324,6 +328,9 @@ def audit_build(out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: Dec
         shards = manifest["shards"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise NvdataError(f"audit: cannot read {manifest_path}: {e}") from e
+    if cfg is None:
+        recorded = (manifest.get("recipe") or {}).get("decontamination")
+        cfg = DecontamConfig.from_dict(recorded, "manifest.recipe.decontamination") if recorded else DecontamConfig()
     problems: list[dict] = []
     readable: list[Path] = []
     listed = set()
@@ -338,7 +345,11 @@ def audit_build(out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: Dec
         actual = _sha256(path)
         if actual != shard["sha256"]:
             problems.append({"file": shard["file"], "problem": "sha256 mismatch", "expected": shard["sha256"], "actual": actual})
-        rows = pq.ParquetFile(path).metadata.num_rows
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except (OSError, pa.ArrowException) as e:
+            problems.append({"file": shard["file"], "problem": f"unreadable: {e}"})
+            continue
         if rows != shard["rows"]:
             problems.append({"file": shard["file"], "problem": "row count mismatch", "expected": shard["rows"], "actual": rows})
         readable.append(path)
@@ -366,4 +377,5 @@ def audit_build(out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: Dec
         "hits": hits,
         "totals": summary["totals"],
         "index_key": index.key,
+        "config": cfg.to_dict(),
     }

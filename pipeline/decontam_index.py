@@ -8,7 +8,7 @@ a temporary folder and renamed into place, so an interrupted build is never read
 - ``exact_*``: the hash of every normalized test text;
 - ``ngram_*``: every n-gram hash (n = ``ngram_n``) of texts with at least n words, plus a Bloom
   filter in front of it; ``short_*``: texts of ``min_ngram_words``..n-1 words, which count as
-  one n-gram of their own length;
+  one n-gram of their own length, keyed by the hash of their first ``min_ngram_words`` words;
 - ``shingle_bloom``: every word-shingle of the test texts (a necessary condition for
   near-duplicates), and ``band_*``: the MinHash LSH bands of each text's shingle set.
 
@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 ITEMS_PER_BATCH = 1 << 14  # items.arrow record batch size: item i is in batch i // ITEMS_PER_BATCH
 _CHUNK = 20_000  # test texts hashed per step
 ITEM_SCHEMA = pa.schema(
@@ -164,10 +164,12 @@ class _IndexBuilder:
             starts, keys = self.hasher.windows(tb, s, cfg.ngram_n)
             self.parts["ngram_k"].append(keys)
             self.parts["ngram_i"].append(item_of[tb.parent[starts]])
-            short = (lengths[idx] >= cfg.min_ngram_words) & (lengths[idx] < cfg.ngram_n)
-            self.parts["short_k"].append(whole[short])
-            self.parts["short_i"].append(item_of[idx[short]])
-            self.short_lengths.update(int(x) for x in np.unique(lengths[idx[short]]))
+            # Shorter texts are keyed by their first min_ngram_words words: one window size to
+            # scan for all of them; the scanner confirms the rest of the text on the strings.
+            short = idx[(lengths[idx] >= cfg.min_ngram_words) & (lengths[idx] < cfg.ngram_n)]
+            self.parts["short_k"].append(self.hasher.at(s, tb.offsets[short], cfg.min_ngram_words))
+            self.parts["short_i"].append(item_of[short])
+            self.short_lengths.update(int(x) for x in np.unique(lengths[short]))
         if "near_dup" in cfg.methods:
             starts, shingles = self.hasher.windows(tb, s, cfg.shingle_size)
             if len(starts):
@@ -195,10 +197,10 @@ class _IndexBuilder:
         keys, items = first_item_per_task(keys, items, item_task)
         np.save(self.out / f"{name}_keys.npy", keys)
         np.save(self.out / f"{name}_items.npy", items.astype(np.uint32))
-        if name == "ngram":
+        if name in ("ngram", "short"):
             bits = np.zeros(bloom_size(len(keys)), np.uint8)
             bloom_add(bits, keys)
-            np.save(self.out / "ngram_bloom.npy", bits)
+            np.save(self.out / f"{name}_bloom.npy", bits)
 
     def _finish(self, specs: list[TestSetSpec], per_set: dict) -> None:
         item_task = np.concatenate(self.item_task) if self.item_task else np.zeros(0, np.uint16)
@@ -271,8 +273,7 @@ class TestIndex:
 
         self.exact_keys, self.exact_items = arr("exact_keys"), arr("exact_items")
         self.ngram_keys, self.ngram_items, self.ngram_bloom = arr("ngram_keys"), arr("ngram_items"), arr("ngram_bloom")
-        self.short_keys, self.short_items = arr("short_keys"), arr("short_items")
-        self.short_lengths = [int(x) for x in self.meta["short_lengths"]]
+        self.short_keys, self.short_items, self.short_bloom = arr("short_keys"), arr("short_items"), arr("short_bloom")
         self.shingle_bloom = arr("shingle_bloom")
         self.band_keys, self.band_items = arr("band_keys"), arr("band_items")
         self.item_task = arr("item_task")

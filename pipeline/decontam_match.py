@@ -93,30 +93,35 @@ class Matcher:
         starts, keys = self.hasher.windows(tb, s, n)
         maybe = np.flatnonzero(bloom_test(ix.ngram_bloom, keys)) if len(keys) else np.zeros(0, np.int64)
         found, _ = lookup(keys[maybe], ix.ngram_keys)
-        self._confirm(tb, starts[maybe[found]], keys[maybe[found]], n, ix.ngram_keys, ix.ngram_items, out, done, whole=False)
-        # Test texts of min_ngram_words..n-1 words count as one n-gram of their own length.
-        for length in ix.short_lengths:
-            starts, keys = self.hasher.windows(tb, s, length)
-            found, _ = lookup(keys, ix.short_keys)
-            self._confirm(tb, starts[found], keys[found], length, ix.short_keys, ix.short_items, out, done, whole=True)
+        self._confirm(tb, starts[maybe[found]], keys[maybe[found]], n, ix.ngram_keys, ix.ngram_items, out, done)
+        # Test texts of min_ngram_words..n-1 words count as one n-gram of their own length;
+        # they are keyed by their first min_ngram_words words, the rest is checked on strings.
+        if len(ix.short_keys):
+            starts, keys = self.hasher.windows(tb, s, self.cfg.min_ngram_words)
+            maybe = np.flatnonzero(bloom_test(ix.short_bloom, keys)) if len(keys) else np.zeros(0, np.int64)
+            found, _ = lookup(keys[maybe], ix.short_keys)
+            self._confirm(tb, starts[maybe[found]], keys[maybe[found]], None, ix.short_keys, ix.short_items, out, done)
         return out
 
-    def _confirm(self, tb, starts, keys, length, table_keys, table_items, out, done, *, whole: bool) -> None:
+    def _confirm(self, tb, starts, keys, length, table_keys, table_items, out, done) -> None:
+        """``length`` None: the candidate is a whole short test text starting at ``start``."""
         ix = self.index
         parent = tb.parent
         for start, key in zip(starts.tolist(), keys, strict=True):
             text = int(parent[start])
-            window = " ".join(tb.vocab[c] for c in tb.codes[start : start + length])
             for p in key_range(table_keys, key):
                 item_idx = int(table_items[p])
                 task = ix.tasks[int(ix.item_task[item_idx])]
                 if (text, task) in done:
                     continue
                 item = ix.item(item_idx)
-                ok = item.norm == window if whole else f" {window} " in f" {item.norm} "
-                if ok:
+                n = length or item.norm.count(" ") + 1
+                if start + n > tb.offsets[text + 1]:
+                    continue
+                window = " ".join(tb.flat_tokens(start, start + n))
+                if (f" {window} " in f" {item.norm} ") if length else window == item.norm:
                     done.add((text, task))
-                    out.append(Match(text, "ngram", item_idx, {"ngram": _clip(window), "n": length}))
+                    out.append(Match(text, "ngram", item_idx, {"ngram": _clip(window), "n": n}))
 
     # -- near-duplicate ---------------------------------------------------------------------
     def _near_dup(self, tb: TokenBatch, s: np.ndarray) -> list[Match]:
@@ -130,7 +135,8 @@ class Matcher:
         # the text's distinct shingles must occur somewhere in the test sets. The Bloom filter
         # can only over-count, so no near-duplicate is lost here.
         in_test = bloom_test(ix.shingle_bloom, shingles).astype(np.uint64)
-        packed = np.unique((owner.astype(np.uint64) << np.uint64(40)) | ((shingles >> np.uint64(25)) << np.uint64(1)) | in_test)
+        packed = np.sort((owner.astype(np.uint64) << np.uint64(40)) | ((shingles >> np.uint64(25)) << np.uint64(1)) | in_test)
+        packed = packed[np.r_[True, packed[1:] != packed[:-1]]]  # distinct shingles per text
         texts = (packed >> np.uint64(40)).astype(np.int64)
         total = np.bincount(texts, minlength=len(tb))
         hit = np.bincount(texts, weights=(packed & np.uint64(1)).astype(np.float64), minlength=len(tb))

@@ -96,7 +96,8 @@ def _spec(task: Any, parent: str | None) -> TestSetSpec | None:
         path=meta.dataset["path"],
         revision=meta.dataset.get("revision"),
         subsets=subsets,
-        splits=tuple(task.eval_splits),
+        # metadata's eval splits (validation too where declared), not just the benchmark's
+        splits=tuple(dict.fromkeys([*meta.eval_splits, *task.eval_splits])),
         columns=() if retrieval else _content_columns(task),
         parent=parent,
     )

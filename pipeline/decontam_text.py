@@ -24,7 +24,6 @@ from functools import cached_property
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 
 from nvdata.text import normalize_text
 
@@ -34,7 +33,6 @@ P_INV = U64(pow(int(P), -1, 1 << 64))
 _FMIX1 = U64(0xFF51AFD7ED558CCD)
 _FMIX2 = U64(0xC4CEB9FE1A85EC53)
 _SALT = U64(0x2545F4914F6CDD1D)
-_ASCII_SEPARATORS = "[^a-z0-9]+"
 
 
 def fmix64(h: np.ndarray) -> np.ndarray:
@@ -48,12 +46,13 @@ def fmix64(h: np.ndarray) -> np.ndarray:
 
 @dataclass
 class TokenBatch:
-    """The normalized tokens of a batch of texts, flat, with per-text offsets."""
+    """The normalized tokens of a batch of texts: byte spans into one buffer, per-text offsets."""
 
+    data: np.ndarray  # uint8: the texts' bytes, ASCII lowercased (non-ASCII texts pre-normalized)
+    starts: np.ndarray  # int64 byte offset of each token in ``data``
+    ends: np.ndarray  # int64 byte end of each token
     hashes: np.ndarray  # uint64, one per token
-    codes: np.ndarray  # int64 index into ``vocab``, one per token
-    vocab: list[str]
-    offsets: np.ndarray  # int64, len(texts) + 1
+    offsets: np.ndarray  # int64 token offsets per text, len(texts) + 1
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -67,57 +66,92 @@ class TokenBatch:
         """For every flat token, the index of its text."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
+    def flat_tokens(self, lo: int, hi: int) -> list[str]:
+        """Flat tokens ``lo:hi`` as strings."""
+        raw = self.data
+        return [raw[a:b].tobytes().decode("utf-8") for a, b in zip(self.starts[lo:hi].tolist(), self.ends[lo:hi].tolist(), strict=True)]
+
     def tokens(self, i: int, start: int = 0, length: int | None = None) -> list[str]:
         lo = int(self.offsets[i]) + start
         hi = int(self.offsets[i + 1]) if length is None else lo + length
-        return [self.vocab[c] for c in self.codes[lo:hi]]
+        return self.flat_tokens(lo, hi)
 
     def normalized(self, i: int) -> str:
         """``normalize_text`` of text ``i``: its tokens joined by single spaces."""
         return " ".join(self.tokens(i))
 
 
-def tokenize(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> TokenBatch:
-    """Tokenize a batch of texts (nulls count as empty texts)."""
+def _string_array(texts) -> pa.StringArray:
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
     if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_large_string(arr.type):
+        arr = arr.combine_chunks() if arr.num_chunks else pa.array([], pa.string())
+    if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
+    return pc.fill_null(arr, "")
+
+
+def tokenize(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> TokenBatch:
+    """Tokenize a batch of texts (nulls count as empty texts), bytes-at-a-time in NumPy.
+
+    A token is a maximal run of bytes that are ASCII letters/digits or non-ASCII. On ASCII text
+    (lowercased) that is exactly ``normalize_text``'s words; texts with any non-ASCII
+    character are first put through ``normalize_text`` itself, whose output has only words
+    and single spaces, so the same rule splits it.
+    """
+    arr = _string_array(texts)
     n = len(arr)
-    arr = pc.fill_null(arr, "")
     is_ascii = np.asarray(pc.string_is_ascii(arr).to_numpy(zero_copy_only=False), dtype=bool)
-
-    ascii_idx = np.flatnonzero(is_ascii) if not is_ascii.all() else None
-    sub = arr if ascii_idx is None else arr.take(pa.array(ascii_idx))
-    parts = pc.split_pattern_regex(pc.ascii_lower(sub), _ASCII_SEPARATORS)
-    parent = np.asarray(pc.list_parent_indices(parts), dtype=np.int64)
-    flat = pc.list_flatten(parts)
-    keep = pc.not_equal(flat, "")
-    flat = flat.filter(keep)
-    parent = parent[np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)]
-
-    if ascii_idx is not None:  # the rest: Python's own normalizer, text by text
-        parent = ascii_idx[parent]
-        other_tokens: list[str] = []
-        other_parent: list[int] = []
-        for i in np.flatnonzero(~is_ascii):
-            toks = normalize_text(arr[int(i)].as_py()).split()
-            other_tokens.extend(toks)
-            other_parent.extend([int(i)] * len(toks))
-        flat = pa.concat_arrays([flat, pa.array(other_tokens, pa.string())])
-        parent = np.concatenate([parent, np.asarray(other_parent, dtype=np.int64)])
-        order = np.argsort(parent, kind="stable")
-        flat = flat.take(pa.array(order))
-        parent = parent[order]
-
-    encoded = pc.dictionary_encode(flat)
-    vocab = encoded.dictionary.to_pylist()
-    vocab_hash = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in vocab), dtype=U64, count=len(vocab))
-    codes = np.asarray(encoded.indices, dtype=np.int64)
+    if not is_ascii.all():
+        other = arr.filter(pa.array(~is_ascii)).to_pylist()
+        arr = pc.replace_with_mask(arr, pa.array(~is_ascii), pa.array([normalize_text(t) for t in other], pa.string()))
+        arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    buffers = arr.buffers()
+    offs = np.frombuffer(buffers[1], dtype=np.int32)[arr.offset : arr.offset + n + 1].astype(np.int64)
+    data = np.frombuffer(buffers[2], dtype=np.uint8)[offs[0] : offs[-1]].copy() if n and buffers[2] is not None else np.zeros(0, np.uint8)
+    offs -= offs[0] if n else 0
+    upper = (data >= 65) & (data <= 90)
+    data[upper] += 32
+    word = (data >= 0x80) | ((data >= 48) & (data <= 57)) | ((data >= 97) & (data <= 122))
+    first = np.zeros(len(data) + 1, bool)
+    first[offs[:-1]] = True  # a token never runs across two texts
+    begin = word & ~np.r_[False, word[:-1]] | (word & first[:-1])
+    stop = word & ~np.r_[word[1:], False] | (word & first[1:])
+    starts = np.flatnonzero(begin)
+    ends = np.flatnonzero(stop) + 1
+    parent = np.searchsorted(offs, starts, side="right") - 1
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(parent, minlength=n), out=offsets[1:])
-    return TokenBatch(hashes=vocab_hash[codes], codes=codes, vocab=vocab, offsets=offsets)
+    return TokenBatch(data=data, starts=starts, ends=ends, hashes=_token_hashes(data, starts, ends), offsets=offsets)
+
+
+def _token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """A 64-bit hash per token, from its bytes read eight at a time as little-endian words.
+
+    The word at any byte offset is two aligned uint64 reads and shifts; a token of L bytes
+    takes ceil(L / 8) rounds, each masked to the token's own bytes.
+    """
+    lengths = ends - starts
+    h = fmix64(lengths.astype(U64) * _FMIX1 ^ _SALT)
+    if len(starts) == 0:
+        return h
+    pad = np.zeros(len(data) + 16, np.uint8)
+    pad[: len(data)] = data
+    aligned = pad[: 8 * (len(pad) // 8)].view("<u8")
+    idx, off, left = None, starts, lengths
+    while True:
+        q, shift = off >> 3, (off & 7).astype(U64) * U64(8)
+        w = (aligned[q] >> shift) | np.where(shift == 0, U64(0), aligned[q + 1] << ((U64(64) - shift) & U64(63)))
+        bits = np.minimum(left, 8).astype(U64) * U64(8)
+        w &= np.where(bits == 64, ~U64(0), (U64(1) << (bits & U64(63))) - U64(1))
+        if idx is None:
+            h = fmix64(h * P + w)
+        else:
+            h[idx] = fmix64(h[idx] * P + w)
+        more = left > 8
+        if not more.any():
+            return h
+        idx = np.flatnonzero(more) if idx is None else idx[more]
+        off, left = off[more] + 8, left[more] - 8
 
 
 class WindowHasher:
@@ -151,6 +185,10 @@ class WindowHasher:
         starts = pos[pos + length <= ends]
         return starts, self._hash(s, starts, np.full(len(starts), length, np.int64))
 
+    def at(self, s: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+        """Hashes of the windows of ``length`` tokens at flat positions ``starts``."""
+        return self._hash(s, starts, np.full(len(starts), length, np.int64)) if len(starts) else np.zeros(0, U64)
+
     def whole(self, tb: TokenBatch, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The hash of each non-empty text's full token sequence: (text indices, hashes)."""
         lengths = tb.lengths
@@ -167,9 +205,13 @@ def lookup(keys: np.ndarray, sorted_keys: np.ndarray) -> tuple[np.ndarray, np.nd
     """For each key, whether it is in ``sorted_keys`` and its first position there."""
     if len(sorted_keys) == 0 or len(keys) == 0:
         return np.zeros(len(keys), bool), np.zeros(len(keys), np.int64)
-    order = np.argsort(keys)  # sorted queries walk the array in order: far fewer cache misses
-    pos = np.empty(len(keys), np.int64)
-    pos[order] = np.searchsorted(sorted_keys, keys[order])
+    if len(sorted_keys) > 1 << 20 and len(keys) > 1 << 12:
+        # sorted queries walk a big array in order: far fewer cache misses than the sort costs
+        order = np.argsort(keys)
+        pos = np.empty(len(keys), np.int64)
+        pos[order] = np.searchsorted(sorted_keys, keys[order])
+    else:
+        pos = np.searchsorted(sorted_keys, keys)
     found = sorted_keys[np.minimum(pos, len(sorted_keys) - 1)] == keys
     return found, pos
 

@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+import scipy.sparse as sp
 from rank_bm25 import BM25Okapi
 
 from nvdata import schema
@@ -239,8 +240,17 @@ def test_scores_and_ranking_equal_rank_bm25(corpus_name, params):
     if corpus_name == "negative_mean_idf":
         assert index.average_idf < 0
 
-    scores = index.score_batch([index.term_ids(TOK(q)) for q in queries])
+    term_ids = [index.term_ids(TOK(q)) for q in queries]
+    scores = index.score_batch(term_ids)
     prefixes = ranked_prefixes(scores, 3)
+    # The weights matrix is BM25 itself: query term counts times weights gives the scores
+    # (summed in another order, so equal to rounding only).
+    counts = sp.csr_array(
+        (np.ones(sum(map(len, term_ids))), np.concatenate([[]] + term_ids).astype(np.int64),
+         np.cumsum([0] + [len(t) for t in term_ids])),
+        shape=(len(queries), index.n_terms),
+    )
+    np.testing.assert_allclose((counts @ index.weights).toarray(), scores, rtol=1e-12, atol=1e-12)
     for q, row, prefix in zip(queries, scores, prefixes):
         expected = ref.get_scores(TOK(q))
         np.testing.assert_allclose(row, expected, rtol=1e-12, atol=0)

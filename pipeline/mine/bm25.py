@@ -51,7 +51,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -220,7 +220,9 @@ class _Normalizer:
 
 
 # -- the rule -----------------------------------------------------------------------------
-def skip_reason(rank: int, doc: int, min_rank: int, self_or_positive: set[int], gold_above_max: set[int]) -> str | None:
+def skip_reason(
+    rank: int, doc: int, min_rank: int, self_or_positive: set[int], gold_above_max: set[int]
+) -> str | None:
     """Why the candidate ``doc`` at 1-based ``rank`` is skipped (first rule that fits), or None."""
     if rank < min_rank:
         return "rank"
@@ -291,38 +293,20 @@ def mine_bm25_negatives(
         per_source[sources[i]].already_had_negatives += int(done)
     pool_report: dict[str, dict] = {}
 
-    k = cfg.min_rank - 1 + cfg.num_negatives + _PREFIX_SLACK
     for pool_name, todo in sorted(work.items()):
         tables = list(pool_tables.values()) if pool_name == ALL_POOL else [pool_tables[pool_name]]
         pool = build_sts_pool(pool_name, tables, norm)
-        index = OkapiIndex([tokenize(t) for t in pool.texts], cfg.k1, cfg.b, cfg.epsilon)
+        index = OkapiIndex(map(tokenize, pool.texts), cfg.k1, cfg.b, cfg.epsilon)
         pool_report[pool_name] = _pool_stats(index)
-        for start in range(0, len(todo), cfg.query_batch_size):
-            batch = todo[start : start + cfg.query_batch_size]
-            query_tokens = [tokenize(queries[i]) for i in batch]
-            scores = index.score_batch([index.term_ids(t) for t in query_tokens])
-            prefixes = ranked_prefixes(scores, k)
-            for j, i in enumerate(batch):
-                q, p = norm(queries[i]), norm(positives[i])
-                self_or_positive = {pool.position[t] for t in (q, p) if t in pool.position}
-                gold = {pool.position[t] for t in partners.get(q, ()) if t in pool.position}
-                rule = (cfg.num_negatives, cfg.min_rank, self_or_positive, gold)
-                picked, skipped = walk_ranking(prefixes[j], *rule)
-                fell_back = len(picked) < cfg.num_negatives and len(prefixes[j]) < index.n_docs
-                if fell_back:  # the prefix ran out: walk the whole ranking
-                    picked, skipped = walk_ranking(stable_ranking(scores[j]), *rule)
-
-                stats = per_source[sources[i]]
-                stats.record(picked, skipped, fell_back, cfg)
-                neg_scores = scores[j, picked].astype(np.float32)
-                pos_score = np.float32(index.score_text(query_tokens[j], tokenize(positives[i])))
-                stats.negative_scores.extend(neg_scores.tolist())
-                stats.positive_scores.append(float(pos_score))
-                negatives[i] = [pool.texts[d] for d in picked]
-                negative_scores[i] = neg_scores.tolist()
-                positive_score[i] = float(pos_score)
-                method[i] = "bm25" if picked else "none"
-                keep[i] = bool(picked) or cfg.on_shortfall == "keep"
+        pairs = [(queries[i], positives[i]) for i in todo]
+        for i, found in zip(todo, _mine_pool(pool, index, pairs, partners, norm, cfg)):
+            picked, neg_scores, pos_score, skipped, fell_back = found
+            per_source[sources[i]].record(picked, neg_scores, pos_score, skipped, fell_back, cfg)
+            negatives[i] = [pool.texts[d] for d in picked]
+            negative_scores[i] = neg_scores
+            positive_score[i] = pos_score
+            method[i] = "bm25" if picked else "none"
+            keep[i] = bool(picked) or cfg.on_shortfall == "keep"
 
     out = rows
     for name, values in (
@@ -346,6 +330,36 @@ def mine_bm25_negatives(
     return out, report
 
 
+def _mine_pool(
+    pool: StsPool,
+    index: OkapiIndex,
+    pairs: Sequence[tuple[str, str]],
+    partners: Mapping[str, set[str]],
+    norm: Callable[[str], str],
+    cfg: BM25Config,
+) -> Iterator[tuple[list[int], list[float], float, Counter, bool]]:
+    """Per (q+, d+): picked pool ids, their float32 scores, d+'s score, skips, full sort used."""
+    tokenize = cfg.tokenizer()
+    k = cfg.min_rank - 1 + cfg.num_negatives + _PREFIX_SLACK
+    for start in range(0, len(pairs), cfg.query_batch_size):
+        batch = pairs[start : start + cfg.query_batch_size]
+        query_tokens = [tokenize(q) for q, _ in batch]
+        scores = index.score_batch([index.term_ids(t) for t in query_tokens])
+        prefixes = ranked_prefixes(scores, k)
+        for j, (query, positive) in enumerate(batch):
+            q, p = norm(query), norm(positive)
+            self_or_positive = {pool.position[t] for t in (q, p) if t in pool.position}
+            gold = {pool.position[t] for t in partners.get(q, ()) if t in pool.position}
+            rule = (cfg.num_negatives, cfg.min_rank, self_or_positive, gold)
+            picked, skipped = walk_ranking(prefixes[j], *rule)
+            fell_back = len(picked) < cfg.num_negatives and len(prefixes[j]) < index.n_docs
+            if fell_back:  # the prefix ran out: walk the whole ranking
+                picked, skipped = walk_ranking(stable_ranking(scores[j]), *rule)
+            neg_scores = scores[j, picked].astype(np.float32).tolist()
+            pos_score = float(np.float32(index.score_text(query_tokens[j], tokenize(positive))))
+            yield picked, neg_scores, pos_score, skipped, fell_back
+
+
 # -- checks and report --------------------------------------------------------------------
 def _check_rows(rows: pa.Table, pools: Mapping[str, pa.Table]) -> pa.Table:
     names = set(rows.schema.names)
@@ -360,11 +374,16 @@ def _check_rows(rows: pa.Table, pools: Mapping[str, pa.Table]) -> pa.Table:
     for name in ("source", "task_type", "query", "positive", "negatives"):
         if rows.column(name).null_count:
             raise NvdataError(f"bm25 rows: column {name} has nulls")
-    for i, (source, task) in enumerate(zip(rows.column("source").to_pylist(), rows.column("task_type").to_pylist())):
+    sources, tasks = rows.column("source").to_pylist(), rows.column("task_type").to_pylist()
+    for i, (source, task) in enumerate(zip(sources, tasks)):
         if task != "sts":
-            raise NvdataError(f"bm25 rows: row {i} ({source}) has task_type {task!r}; only sts rows are BM25-mined")
+            raise NvdataError(
+                f"bm25 rows: row {i} ({source}) has task_type {task!r}; only sts rows are BM25-mined"
+            )
         if source not in pools:
-            raise NvdataError(f"bm25 rows: row {i} has source {source!r} with no pool (pools: {sorted(pools)})")
+            raise NvdataError(
+                f"bm25 rows: row {i} has source {source!r} with no pool (pools: {sorted(pools)})"
+            )
     return rows
 
 
@@ -393,8 +412,18 @@ class _SourceStats:
         self.negative_scores: list[float] = []
         self.positive_scores: list[float] = []
 
-    def record(self, picked: list[int], skipped: Counter, fell_back: bool, cfg: BM25Config) -> None:
+    def record(
+        self,
+        picked: list[int],
+        negative_scores: list[float],
+        positive_score: float,
+        skipped: Counter,
+        fell_back: bool,
+        cfg: BM25Config,
+    ) -> None:
         self.mined += 1
+        self.negative_scores.extend(negative_scores)
+        self.positive_scores.append(positive_score)
         self.negatives += len(picked)
         self.skipped.update(skipped)
         self.full_sorts += int(fell_back)

@@ -89,7 +89,8 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get_dim())
 
     def prompt(self, name: str) -> str | None:
         """The model's own prompt called ``name`` ("query", "document"), if it defines one."""
@@ -307,7 +308,7 @@ _PROBE_TEXTS = [
 ]
 
 
-def _tokenize_fn(enc: Encoder, prompt: str | None) -> tuple[Callable[[list[str]], dict], int]:
+def batch_tokenizer(enc: Encoder, prompt: str | None) -> tuple[Callable[[list[str]], dict], int]:
     """The batch tokenizer for ``prompt`` and how many worker threads may share it."""
     key = prompt or ""
     if key in enc._tokenizers:
@@ -346,10 +347,15 @@ def _tokenize_fn(enc: Encoder, prompt: str | None) -> tuple[Callable[[list[str]]
 
 def uses_fast_tokenizer(enc: Encoder, prompt: str | None = None) -> bool:
     """Whether ``encode_texts`` tokenizes with the parallel Rust path for this prompt."""
-    return isinstance(_tokenize_fn(enc, prompt)[0], _FastTokenizer)
+    return isinstance(batch_tokenizer(enc, prompt)[0], _FastTokenizer)
 
 
 # -- encoding -----------------------------------------------------------------------------
+
+
+def default_num_workers(device: torch.device) -> int:
+    """Tokenizer threads: enough to keep a GPU fed; none on a CPU (see ``encode_texts``)."""
+    return 0 if device.type == "cpu" else min(8, max(2, (os.cpu_count() or 2) // 2))
 
 
 def length_sorted_batches(texts: list[str], batch_size: int) -> list[np.ndarray]:
@@ -369,42 +375,55 @@ def encode_texts(
     *,
     prompt: str | None = None,
     batch_size: int = 128,
-    num_workers: int = 2,
+    num_workers: int | None = None,
 ) -> np.ndarray:
     """Embed ``texts`` (with ``prompt`` prepended, as sentence-transformers does).
 
-    Returns float32 ``(len(texts), dim)``, L2-normalized, in input order.
+    ``num_workers`` tokenizer threads run ahead of the forward pass (``None``: 4 on CUDA,
+    0 on CPU, i.e. tokenize inline). Returns float32 ``(len(texts), dim)``, L2-normalized, in
+    input order.
     """
     n = len(texts)
     if n == 0:
         return np.zeros((0, enc.dim), dtype=np.float32)
     t0 = time.perf_counter()
-    tokenize, max_workers = _tokenize_fn(enc, prompt)
-    workers = max(1, num_workers if max_workers == 0 else min(num_workers, max_workers))
+    tokenize, max_workers = batch_tokenizer(enc, prompt)
+    if num_workers is None:
+        num_workers = default_num_workers(enc.device)
+    workers = num_workers if max_workers == 0 else min(num_workers, max_workers)
     batches = length_sorted_batches(texts, batch_size)
-    lookahead = 2 * workers + 1
     outputs: list[torch.Tensor] = []
     non_blocking = enc.device.type == "cuda"
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvdata-tok") as pool, torch.inference_mode():
-        pending: deque = deque()
-        queue = iter(batches)
 
-        def submit_next() -> None:
-            idx = next(queue, None)
-            if idx is not None:
-                pending.append(pool.submit(tokenize, [texts[i] for i in idx]))
+    def forward(features: dict) -> None:
+        features = {
+            k: v.to(enc.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+            for k, v in features.items()
+        }
+        outputs.append(enc.model(features)["sentence_embedding"])
 
-        for _ in range(lookahead):
-            submit_next()
-        while pending:
-            features = pending.popleft().result()
-            submit_next()
-            features = {
-                k: v.to(enc.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-                for k, v in features.items()
-            }
-            out = enc.model(features)["sentence_embedding"]
-            outputs.append(out)
+    with torch.inference_mode():
+        if workers <= 0:
+            # Inline: on a CPU the forward pass already uses every core, and tokenizing beside
+            # it only makes the two fight over them.
+            for idx in batches:
+                forward(tokenize([texts[i] for i in idx]))
+        else:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvdata-tok") as pool:
+                pending: deque = deque()
+                queue = iter(batches)
+
+                def submit_next() -> None:
+                    idx = next(queue, None)
+                    if idx is not None:
+                        pending.append(pool.submit(tokenize, [texts[i] for i in idx]))
+
+                for _ in range(2 * workers + 1):  # keep every worker busy a batch ahead
+                    submit_next()
+                while pending:
+                    features = pending.popleft().result()
+                    submit_next()
+                    forward(features)
     emb = torch.cat(outputs).float()
     emb = torch.nn.functional.normalize(emb, p=2, dim=1)
     order = torch.from_numpy(np.concatenate(batches)).to(enc.device)
@@ -451,7 +470,9 @@ class EmbeddingCache:
     a temporary name and renamed, so an interrupted run never leaves a truncated one.
     """
 
-    def __init__(self, root: Path | str, enc: Encoder, *, batch_size: int = 128, num_workers: int = 2):
+    def __init__(
+        self, root: Path | str, enc: Encoder, *, batch_size: int = 128, num_workers: int | None = None
+    ):
         self.enc = enc
         self.dir = Path(root) / enc.identity
         self.batch_size = batch_size

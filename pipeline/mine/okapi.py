@@ -4,8 +4,13 @@
 ``log(N - df + 0.5) - log(df + 0.5)``, where a term in more than half the corpus (negative idf)
 gets ``epsilon * mean idf`` instead. It scores a query by looping in Python over the query's
 tokens and, for each, over every document's term-count dict: about 15 ms per token at 50k
-documents. This engine keeps the same statistics in a term -> postings sparse matrix (CSR rows
-of ``scipy.sparse``) and adds each query token's postings into a dense score row with numpy.
+documents. This engine precomputes every (term, document) weight once, as a sparse matrix
+(``OkapiIndex.weights``, scipy CSR, terms x documents), so a query's scores are the sum of its
+tokens' rows. It adds those rows into a dense score row with numpy, one query batch at a time.
+Not ``Q @ weights``: scipy's sparse product sums in an order its API does not promise, and was
+2x slower here than adding the rows (np.add.at; dense rows for the most frequent terms).
+bm25s is not used: its idf has no epsilon floor (negative idf is clipped to 0 or kept) and it
+scores in float32, so it cannot give rank_bm25's numbers.
 
 Bit-exact on purpose. The STS miner breaks ties by pool order, and rank_bm25's order is a
 stable argsort of its float64 scores, so two documents whose scores are equal in exact
@@ -39,12 +44,13 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
+import scipy.sparse as sp
 
 TOKEN_PATTERN = r"\w+"
 
@@ -81,33 +87,37 @@ class Tokenizer:
 class OkapiIndex:
     """BM25Okapi statistics of one corpus (the mining pool), ready to score batches of queries.
 
-    ``docs`` are token lists; a document's position is its id. Attributes mirror rank_bm25's:
-    ``n_docs`` (corpus_size), ``avgdl``, ``doc_len``, ``vocab`` (term -> id, first-occurrence
-    order), ``idf`` (float64 by term id, epsilon floor applied) and ``average_idf``.
+    ``docs`` are token lists (any iterable); a document's position is its id. Attributes mirror
+    rank_bm25's: ``n_docs`` (corpus_size), ``avgdl``, ``doc_len``, ``vocab`` (term -> id,
+    first-occurrence order), ``idf`` (float64 by term id, epsilon floor applied) and
+    ``average_idf``; ``weights`` is the ``(n_terms, n_docs)`` CSR matrix of posting weights.
     """
 
     def __init__(
         self,
-        docs: Sequence[Sequence[str]],
+        docs: Iterable[Sequence[str]],
         k1: float = 1.5,
         b: float = 0.75,
         epsilon: float = 0.25,
     ) -> None:
         self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
-        self.n_docs = len(docs)
-        self.doc_len = np.fromiter(map(len, docs), dtype=np.int64, count=self.n_docs)
+        # Terms are numbered in order of first occurrence, the order in which rank_bm25's dict
+        # (and so its idf sum) sees them. ``docs`` may be a generator: only term ids are kept,
+        # never a token list per document (that would be ~0.7 kB a text).
+        self.vocab: dict[str, int] = {}
+        vocab = self.vocab
+        token_terms, lengths = array("q"), array("q")
+        for doc in docs:
+            lengths.append(len(doc))
+            token_terms.extend([vocab.setdefault(t, len(vocab)) for t in doc])
+        self.doc_len = np.frombuffer(lengths, dtype=np.int64) if lengths else np.zeros(0, np.int64)
+        self.n_docs = len(self.doc_len)
         n_tokens = int(self.doc_len.sum())
         self.avgdl = n_tokens / self.n_docs if self.n_docs else 0.0
-
-        # Arrow's dictionary encoding numbers terms in order of first occurrence, the order in
-        # which rank_bm25's dict (and so its idf sum) sees them.
-        flat = pa.array([t for doc in docs for t in doc], type=pa.string()).dictionary_encode()
-        terms = flat.dictionary.to_pylist()
-        self.vocab: dict[str, int] = {t: i for i, t in enumerate(terms)}
-        n_terms = len(terms)
+        n_terms = len(vocab)
 
         # Postings: one (term, doc, tf) per distinct term of a document, sorted by term then doc.
-        term_of_token = flat.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        term_of_token = np.frombuffer(token_terms, dtype=np.int64) if token_terms else np.zeros(0, np.int64)
         doc_of_token = np.repeat(np.arange(self.n_docs, dtype=np.int64), self.doc_len)
         keys, tf = np.unique(term_of_token * max(self.n_docs, 1) + doc_of_token, return_counts=True)
         post_term = keys // max(self.n_docs, 1)
@@ -140,6 +150,10 @@ class OkapiIndex:
         else:
             self._weight = np.zeros(0, dtype=np.float64)
 
+        self.weights = sp.csr_array(
+            (self._weight, self._post_doc, np.asarray(self._indptr, dtype=np.int64)),
+            shape=(n_terms, self.n_docs),
+        )
         # The most frequent terms also as dense rows (see _DENSE_DF_SHARE).
         max_rows = _DENSE_BUDGET_BYTES // (8 * max(self.n_docs, 1))
         frequent = np.flatnonzero(df >= max(_DENSE_DF_SHARE * self.n_docs, 1))

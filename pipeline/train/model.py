@@ -314,7 +314,9 @@ class EmbeddingModel(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         weights = self.meta["weights"]
         if weights == "sentence_transformers":
+            was_training = self.training
             self._st[0].save(str(path))
+            self.train(was_training)  # SentenceTransformer.save leaves the model in eval mode
         else:
             from safetensors.torch import save_file
 
@@ -439,7 +441,8 @@ def build_model(
         if want is not None and want != have:
             raise NvdataError(f"train.finetune: {finetune!r} but --init {init} holds {have} weights")
     else:
-        probe_decoder = _looks_like_decoder(model)
+        hf_path = _transformer_path(model)
+        probe_decoder = _looks_like_decoder(hf_path)
         mode = finetune if finetune != "auto" else ("lora" if probe_decoder else "full")
         pool = pooling if pooling != "auto" else ("latent" if probe_decoder else "mean")
         if not probe_decoder and mode == "full" and pool == "mean":
@@ -455,9 +458,9 @@ def build_model(
             st, post = None, ()
             # LoRA leaves the base frozen, so on CUDA it can sit in bf16; full fine-tuning keeps
             # float32 master weights and runs the matmuls under bf16 autocast.
-            dtype = torch.bfloat16 if (on_cuda and bf16 and mode == "lora") else None
-            backbone = _load_backbone(model, dtype=dtype, attn_implementation=attn_implementation)
-            tokenizer = _load_tokenizer(model, decoder=probe_decoder)
+            dtype = torch.bfloat16 if (on_cuda and bf16 and mode == "lora") else torch.float32
+            backbone = _load_backbone(hf_path, dtype=dtype, attn_implementation=attn_implementation)
+            tokenizer = _load_tokenizer(hf_path, decoder=probe_decoder)
             hidden = int(backbone.config.hidden_size)
             emb_dim = hidden
             if probe_decoder:
@@ -488,6 +491,8 @@ def build_model(
     if gradient_checkpointing:
         _enable_checkpointing(emb.backbone)
     emb.meta["max_length"] = int(max_length)
+    if emb._st[0] is not None:
+        emb._st[0][0].max_seq_length = int(max_length)
     emb.autocast_dtype = torch.bfloat16 if (on_cuda and bf16) else None
     emb.to(device)
     emb.train()
@@ -498,20 +503,36 @@ def _enable_checkpointing(backbone) -> None:
     target = backbone
     if hasattr(target, "get_base_model"):
         target = target.get_base_model()
-    if getattr(target, "supports_gradient_checkpointing", False) and not getattr(
-        target, "is_gradient_checkpointing", False
-    ):
-        # non-reentrant: works with frozen inputs (LoRA) and with GradCache's no-grad first pass
-        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not getattr(target, "supports_gradient_checkpointing", False):
+        log.warning("%s does not support gradient checkpointing; training without it", type(target).__name__)
+        return
+    # non-reentrant: works with frozen inputs (LoRA) and with GradCache's no-grad first pass.
+    # transformers 5.x renamed gradient_checkpointing_enable to activation_checkpointing_enable.
+    kwargs = {"use_reentrant": False}
+    if hasattr(target, "activation_checkpointing_enable"):
+        target.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        target.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def _looks_like_decoder(model: str) -> bool:
+def checkpointing_enabled(backbone) -> bool:
+    target = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in target.modules())
+
+
+def _transformer_path(model: str) -> str:
+    """The Hugging Face model folder of ``model``: itself, or a SentenceTransformer's Transformer module."""
+    path = Path(str(model))
+    if _is_sentence_transformers_dir(str(path)):
+        first = json.loads((path / "modules.json").read_text())[0]
+        return str(path / first.get("path", ""))
+    return str(model)
+
+
+def _looks_like_decoder(path: str) -> bool:
     """Decide encoder vs decoder from the config alone (no weights loaded)."""
     from transformers import AutoConfig, AutoModel
 
-    path = str(model)
-    if _is_sentence_transformers_dir(path):
-        return False
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as exc:
@@ -572,13 +593,13 @@ def load_model(
             base = base_model or meta["base_model"]  # an explicit base wins: recorded paths move
             if base_model and str(base_model) != meta["base_model"]:
                 log.warning("%s: LoRA adapter trained on %s, loading it on %s", path, meta["base_model"], base_model)
-            dtype = torch.bfloat16 if on_cuda else None
-            backbone = _load_backbone(base, dtype=dtype, attn_implementation=attn_implementation)
+            dtype = torch.bfloat16 if on_cuda else torch.float32
+            backbone = _load_backbone(_transformer_path(base), dtype=dtype, attn_implementation=attn_implementation)
             if decoder:
                 make_bidirectional(backbone)
             backbone = PeftModel.from_pretrained(backbone, str(path / "adapter"), is_trainable=trainable)
         else:
-            backbone = _load_backbone(path / "backbone", dtype=None, attn_implementation=attn_implementation)
+            backbone = _load_backbone(path / "backbone", dtype=torch.float32, attn_implementation=attn_implementation)
             if decoder:
                 make_bidirectional(backbone)
             for p in backbone.parameters():

@@ -1,0 +1,158 @@
+"""Decontamination scan throughput: nvdata's vectorized scan vs a plain Python set-of-n-grams scan.
+
+The test side is one MTEB task in a throwaway mirror (Banking77Classification's repo with
+``--test-size`` synthetic texts, a mix of short queries and long passages), indexed once by
+``build_test_index`` (build time printed, not counted). The training side is ``--size``
+synthetic texts streamed in record batches, with a few planted copies and 13-grams.
+
+Peer: the straightforward scan, ``normalize_text`` + ``split`` + a Python ``set`` of 13-gram
+tuples from the test texts, one training text at a time. It checks 13-grams only, so the
+ratio is given for nvdata with the n-gram method alone and with all three methods.
+
+    python bench/bench_decontam.py                 # default size, under 2 minutes here
+    python bench/bench_decontam.py --small         # seconds
+    python bench/bench_decontam.py --size 10000000 --no-baseline   # the 10M streaming check
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from nvdata.decontam import DecontamConfig, build_test_index, iter_decontaminate  # noqa: E402
+from nvdata.mirror import write_hub_repo  # noqa: E402
+from nvdata.text import normalize_text  # noqa: E402
+
+N = 13
+BATCH = 8192
+
+
+class TextSource:
+    """Zipf-distributed pseudo-words, so token frequencies look like real text."""
+
+    def __init__(self, seed: int, vocab: int = 50_000) -> None:
+        rng = np.random.default_rng(seed)
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+        lens = rng.integers(2, 10, vocab)
+        self.words = ["".join(letters[rng.integers(0, 26, n)]) for n in lens]
+        p = 1.0 / np.arange(1, vocab + 1) ** 1.05
+        self.p = p / p.sum()
+        self.rng = rng
+
+    def texts(self, n: int) -> list[str]:
+        long = self.rng.random(n) < 0.5  # half queries (5-15 words), half passages (40-160)
+        lengths = np.where(long, self.rng.integers(40, 160, n), self.rng.integers(5, 15, n))
+        ids = self.rng.choice(len(self.words), size=int(lengths.sum()), p=self.p)
+        out, pos = [], 0
+        w = self.words
+        for length in lengths.tolist():
+            out.append(" ".join(w[i] for i in ids[pos : pos + length]).capitalize() + ".")
+            pos += length
+        return out
+
+
+def training_batches(size: int, tests: list[str], seed: int):
+    """``size`` training texts in record batches; one in 2,000 is contaminated."""
+    src = TextSource(seed)
+    rng = np.random.default_rng(seed + 1)
+    done = 0
+    while done < size:
+        n = min(BATCH, size - done)
+        texts = src.texts(n)
+        for i in np.flatnonzero(rng.random(n) < 0.0005):
+            t = tests[rng.integers(len(tests))]
+            words = t.split()
+            texts[i] = t.upper() if len(words) < 30 else "Intro words here. " + " ".join(words[3 : 3 + N + 2])
+        yield pa.record_batch({"row_index": pa.array(np.arange(done, done + n)), "text": pa.array(texts)})
+        done += n
+
+
+def baseline_scan(batches, test_texts: list[str]) -> tuple[int, int, float]:
+    grams = set()
+    for t in test_texts:
+        w = normalize_text(t).split()
+        grams.update(tuple(w[i : i + N]) for i in range(len(w) - N + 1))
+    texts = hits = 0
+    elapsed = 0.0
+    for b in batches:
+        col = b.column("text").to_pylist()
+        t0 = time.perf_counter()
+        for t in col:
+            w = normalize_text(t).split()
+            if any(tuple(w[i : i + N]) in grams for i in range(len(w) - N + 1)):
+                hits += 1
+        elapsed += time.perf_counter() - t0
+        texts += len(col)
+    return texts, hits, elapsed
+
+
+def nvdata_scan(batches, index, cfg) -> tuple[int, int, float]:
+    hits: list[dict] = []
+    texts = 0
+    elapsed = 0.0
+    it = iter(batches)
+    while True:
+        b = next(it, None)  # generating the synthetic batch is not part of the scan
+        if b is None:
+            break
+        t0 = time.perf_counter()
+        for _ in iter_decontaminate([b], ["text"], index=index, cfg=cfg, id_column="row_index", source="bench", hits=hits):
+            pass
+        elapsed += time.perf_counter() - t0
+        texts += b.num_rows
+    return texts, len({h["row_id"] for h in hits}), elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=300_000, help="training texts scanned")
+    ap.add_argument("--test-size", type=int, default=20_000, help="test texts indexed")
+    ap.add_argument("--small", action="store_true", help="20k training texts, 5k test texts")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the Python peer (for big --size runs)")
+    args = ap.parse_args()
+    if args.small:
+        args.size, args.test_size = 20_000, 5_000
+
+    tests = TextSource(seed=7).texts(args.test_size)
+    work = Path(tempfile.mkdtemp(prefix="bench-decontam-"))
+    table = pa.table({"text": tests, "label": np.zeros(len(tests), np.int64), "label_text": ["x"] * len(tests)})
+    write_hub_repo(work / "mirror" / "mteb" / "banking77", {"default": {"test": table}})
+    cfg_all = DecontamConfig(benchmarks=(), add_tasks=("Banking77Classification",))
+    cfg_ngram = DecontamConfig(benchmarks=(), add_tasks=("Banking77Classification",), methods=("ngram",))
+    t0 = time.perf_counter()
+    index = build_test_index(cfg_all, mirror=work / "mirror", cache_dir=work / "cache")
+    build_s = time.perf_counter() - t0
+    index_ngram = build_test_index(cfg_ngram, mirror=work / "mirror", cache_dir=work / "cache")
+    print(f"index: {len(index)} test texts, {index.meta['sizes']['ngram']} 13-grams, built in {build_s:.1f} s (incl. mteb import)")
+    print(f"scan: {args.size} training texts (half 5-15 words, half 40-160), batches of {BATCH}, 2 cores shared")
+
+    n, h, s = nvdata_scan(training_batches(args.size, tests, 1), index_ngram, cfg_ngram)
+    ours_ngram = n / s
+    print(f"nvdata (ngram only)      : {ours_ngram:12,.0f} texts/s   ({h} rows hit, {s:.1f} s)")
+    n, h_all, s = nvdata_scan(training_batches(args.size, tests, 1), index, cfg_all)
+    ours_all = n / s
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"nvdata (all 3 methods)   : {ours_all:12,.0f} texts/s   ({h_all} rows hit, {s:.1f} s); peak RSS so far {rss:,.0f} MiB")
+    if args.no_baseline:
+        return
+    n, hb, s = baseline_scan(training_batches(args.size, tests, 1), tests)
+    base = n / s
+    print(f"python set-of-13-grams   : {base:12,.0f} texts/s   ({hb} rows hit, {s:.1f} s)")
+    print(f"ratio nvdata/baseline    : ngram only {ours_ngram / base:.1f}x, all 3 methods {ours_all / base:.1f}x")
+    if hb > h:
+        print("WARNING: the baseline found rows nvdata did not", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

