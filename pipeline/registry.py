@@ -28,7 +28,7 @@ OPTIONAL_COLUMNS = {("classification", "table"): ("label_text",)}
 _KEYS = {
     "task_type", "hf_id", "config", "layout", "split", "revision", "columns", "streaming",
     "licence", "citation", "paper_samples", "available", "unavailable_reason", "note",
-    "categories_sep", "label_names",
+    "categories_sep", "label_names", "score_range",
 }
 
 
@@ -51,6 +51,9 @@ class SourceEntry:
     note: str | None = None
     categories_sep: str | None = None
     label_names: tuple[str, ...] | None = None
+    # STS gold scores on another scale than 0-5 (STS22: 1-4) are mapped linearly onto 0-5 at
+    # download, so the paper's thresholds (>= 4 positive, <= 2.5 negative) mean the same everywhere.
+    score_range: tuple[float, float] = (0.0, 5.0)
 
     @property
     def repo_path(self) -> str:
@@ -60,6 +63,7 @@ class SourceEntry:
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["label_names"] = list(self.label_names) if self.label_names else None
+        d["score_range"] = list(self.score_range)
         return d
 
 
@@ -95,6 +99,11 @@ def _entry(name: str, raw: dict) -> SourceEntry:
     if not available and not raw.get("unavailable_reason"):
         raise NvdataError(f"{where}: available: false needs an unavailable_reason")
     names = raw.get("label_names")
+    score_range = raw.get("score_range", [0.0, 5.0])
+    if (not isinstance(score_range, list) or len(score_range) != 2
+            or not all(isinstance(x, (int, float)) for x in score_range)
+            or score_range[0] >= score_range[1]):
+        raise NvdataError(f"{where}.score_range: expected [low, high] numbers, got {score_range!r}")
     return SourceEntry(
         name=name,
         task_type=task_type,
@@ -113,6 +122,7 @@ def _entry(name: str, raw: dict) -> SourceEntry:
         note=raw.get("note"),
         categories_sep=raw.get("categories_sep"),
         label_names=tuple(names) if names else None,
+        score_range=(float(score_range[0]), float(score_range[1])),
     )
 
 

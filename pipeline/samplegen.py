@@ -299,6 +299,9 @@ def sts_repo(rng, entry, n=50) -> dict:
     # a sentence paired twice: once as a paraphrase (>=4), once at 3.6 with a close sentence, so
     # that sentence must be skipped as a negative by the gold > 2.5 rule
     rows.append({"sentence1": rows[0]["sentence1"], "sentence2": rows[5]["sentence1"], "score": 3.6})
+    lo, hi = entry.score_range  # write the source's own scale (STS22: 1-4), as the real repo has
+    for r in rows:
+        r["score"] = round(lo + r["score"] * (hi - lo) / 5.0, 4)
     return {entry.config or "default": {entry.split: _tbl(
         rows, ["sentence1", "sentence2", "score"], {"score": pa.float64()})}}
 

@@ -318,7 +318,9 @@ def _score(value, entry: SourceEntry, row: int, field: str) -> float:
 
 
 def _map_sts(entry, batches) -> Iterator[pa.Table]:
+    """Gold scores are mapped linearly from the source's ``score_range`` onto 0-5."""
     c1, c2, cs = (entry.columns[k] for k in ("sentence1", "sentence2", "score"))
+    lo, hi = entry.score_range
     row = 0
     for b in batches:
         s1, s2 = _column(b, c1, entry, "sentence1"), _column(b, c2, entry, "sentence2")
@@ -328,7 +330,11 @@ def _map_sts(entry, batches) -> Iterator[pa.Table]:
             out["row_index"].append(row)
             out["sentence1"].append(_text(a, entry, row, c1))
             out["sentence2"].append(_text(bb, entry, row, c2))
-            out["score"].append(_score(s, entry, row, cs))
+            raw_score = _score(s, entry, row, cs)
+            if not lo <= raw_score <= hi:
+                raise NvdataError(f"source {entry.name!r}, row {row}: field {cs!r} = {raw_score} "
+                                  f"is outside the registry's score_range [{lo}, {hi}]")
+            out["score"].append((raw_score - lo) * 5.0 / (hi - lo))
             row += 1
         yield pa.table(out, schema=RAW_STS)
 
@@ -355,6 +361,7 @@ def download_key(entry: SourceEntry, mirror: Path | None, limit: int | None) -> 
         "columns": entry.columns,
         "categories_sep": entry.categories_sep,
         "label_names": list(entry.label_names or ()),
+        "score_range": list(entry.score_range),
         "limit": limit,
         "mirror": str(Path(mirror).resolve()) if mirror else None,
     }

@@ -127,3 +127,14 @@ def test_meta_records_what_was_downloaded(train_mirror, registry, tmp_path):
     assert meta["hf_id"] == "mteb/sts22-crosslingual-sts" and meta["config"] == "en"
     assert meta["limit"] == 10 and meta["rows"] == 10
     assert raw.read().schema.equals(RAW_STS)
+
+
+def test_sts_scores_on_another_scale_are_mapped_onto_0_to_5(tmp_path):
+    mirror = tmp_path / "m"
+    _toy_sts(mirror, [{"sentence1": "a", "sentence2": "b", "score": 4.0},
+                      {"sentence1": "c", "sentence2": "d", "score": 1.0}])
+    raw = download_source(_entry(score_range=(1.0, 4.0)), cache=tmp_path / "c", mirror=mirror)
+    assert raw.read().column("score").to_pylist() == [5.0, 0.0]
+    _toy_sts(mirror, [{"sentence1": "a", "sentence2": "b", "score": 4.5}])
+    with pytest.raises(NvdataError, match="outside the registry's score_range"):
+        download_source(_entry(score_range=(1.0, 4.0)), cache=tmp_path / "c", mirror=mirror, force=True)
