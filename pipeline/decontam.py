@@ -40,7 +40,6 @@ import pyarrow.parquet as pq
 from nvdata.decontam_index import TestIndex, build_test_index
 from nvdata.decontam_match import METHODS, Matcher
 from nvdata.decontam_report import summarize, write_report
-from nvdata.decontam_text import tokenize
 from nvdata.errors import NvdataError
 
 __all__ = [
@@ -195,20 +194,21 @@ def _scan_batch(batch, fields, list_fields, matcher, cfg, id_column, source, hit
         elems.append(np.arange(len(parent)) + offsets[0] - offsets[parent])  # position in its row
     text_row, text_code, text_elem = (np.concatenate(x) for x in (rows, codes, elems))
     texts = pa.concat_arrays(arrays)
-    tb = tokenize(texts)
 
     sources = [source] * n if source is not None else batch.column("source").to_pylist()
     if counts is not None:
         non_null = np.asarray(pc.is_valid(texts).to_numpy(zero_copy_only=False), dtype=bool)
         per_row = np.bincount(text_row[non_null], minlength=n)
-        for s in set(sources):
-            mask = np.array([x == s for x in sources])
-            counts.add(s, int(mask.sum()), int(per_row[mask].sum()))
+        names_, which = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
+        rows_of = np.bincount(which, minlength=len(names_))
+        texts_of = np.bincount(which, weights=per_row, minlength=len(names_))
+        for s, r, t in zip(names_.tolist(), rows_of.tolist(), texts_of.tolist(), strict=True):
+            counts.add(s, int(r), int(t))
 
     ids = batch.column(id_column).to_pylist()
     keep_row = np.ones(n, dtype=bool)
     keep_elem = np.ones(len(texts), dtype=bool)
-    for m in matcher.find(tb):
+    for m in matcher.find_texts(texts):
         row, code, elem = int(text_row[m.text]), int(text_code[m.text]), int(text_elem[m.text])
         is_list = elem >= 0
         action = "drop_negative" if is_list and cfg.negative_policy == "drop_negative" else "drop_row"

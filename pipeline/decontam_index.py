@@ -48,6 +48,7 @@ from nvdata.decontam_text import (
     minhash_signatures,
     tokenize,
 )
+from nvdata.errors import NvdataError
 
 if TYPE_CHECKING:
     from nvdata.decontam import DecontamConfig
@@ -94,7 +95,11 @@ def build_test_index(cfg: DecontamConfig, *, mirror: Path | None, cache_dir: Pat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
-    _IndexBuilder(cfg, tmp).build(specs, Path(mirror) if mirror else None, Path(cache_dir) / "datasets")
+    try:
+        _IndexBuilder(cfg, tmp).build(specs, Path(mirror) if mirror else None, Path(cache_dir) / "datasets")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     meta = json.loads((tmp / "meta.json").read_text())
     meta.update(key=key, identity=identity, build_seconds=round(time.perf_counter() - t0, 2))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -115,6 +120,7 @@ class _IndexBuilder:
             k: [] for k in ("exact_k", "exact_i", "ngram_k", "ngram_i", "short_k", "short_i", "shingles", "band_k", "band_i")
         }
         self.short_lengths: set[int] = set()
+        self.seen: dict[int, set[int]] = {}  # per task: exact keys of the texts indexed
         self.item_task: list[np.ndarray] = []
         self.n_items = 0
         self.bands, self.rows = lsh_params(cfg.minhash_threshold, cfg.num_perm)
@@ -137,47 +143,64 @@ class _IndexBuilder:
                 if chunk:
                     self._add(chunk, code)
                 if not counts:
-                    raise_empty(spec)
-                per_set[spec.task] = {"texts": sum(counts.values()), "splits": counts, "path": spec.path}
+                    raise NvdataError(f"decontam: test set {spec.task} ({spec.path}) has no text in {list(spec.splits)}")
+                per_set[spec.task] = {
+                    "texts": sum(counts.values()), "distinct_texts": len(self.seen.get(code, ())),
+                    "splits": counts, "path": spec.path,
+                }
             self._flush_items(final=True)
         self._finish(specs, per_set)
 
     def _add(self, chunk: list, task_code: int) -> None:
         cfg = self.cfg
         tb = tokenize([t.text for t in chunk])
-        lengths = tb.lengths
-        keep = np.flatnonzero(lengths > 0)  # a text with no words has nothing to match
-        item_of = np.full(len(chunk), -1, np.int64)
-        item_of[keep] = self.n_items + np.arange(len(keep))
-        for i in keep:
-            t = chunk[i]
-            self._pending.append((t.task, t.subset, t.split, t.item_id, t.field, tb.normalized(int(i))))
-        self._flush_items()
-        self.item_task.append(np.full(len(keep), task_code, np.uint16))
-        self.n_items += len(keep)
-
         s = self.hasher.prefix(tb)
-        idx, whole = self.hasher.whole(tb, s)
+        idx, whole = self.hasher.whole(tb, s)  # texts with at least one word
+        # A text already indexed for this task adds nothing (clustering sets repeat texts a lot).
+        seen = self.seen.setdefault(task_code, set())
+        fresh = []
+        for j, key in enumerate(whole.tolist()):
+            if key not in seen:
+                seen.add(key)
+                fresh.append(j)
+        idx, whole = idx[fresh], whole[fresh]
+        item_of = np.full(len(chunk), -1, np.int64)
+        item_of[idx] = self.n_items + np.arange(len(idx))
+        for i in idx.tolist():
+            t = chunk[i]
+            self._pending.append((t.task, t.subset, t.split, t.item_id, t.field, tb.normalized(i)))
+        self._flush_items()
+        self.item_task.append(np.full(len(idx), task_code, np.uint16))
+        self.n_items += len(idx)
+
+        def indexed(starts: np.ndarray) -> np.ndarray:
+            """Which windows belong to the texts indexed here."""
+            return item_of[tb.parent[starts]] >= 0
+
+        lengths = tb.lengths
         self.parts["exact_k"].append(whole)
-        self.parts["exact_i"].append(item_of[idx])
+        self.parts["exact_i"].append(item_of[idx].astype(np.uint32))
         if "ngram" in cfg.methods:
             starts, keys = self.hasher.windows(tb, s, cfg.ngram_n)
-            self.parts["ngram_k"].append(keys)
-            self.parts["ngram_i"].append(item_of[tb.parent[starts]])
+            k = indexed(starts)
+            self.parts["ngram_k"].append(keys[k])
+            self.parts["ngram_i"].append(item_of[tb.parent[starts[k]]].astype(np.uint32))
             # Shorter texts are keyed by their first min_ngram_words words: one window size to
             # scan for all of them; the scanner confirms the rest of the text on the strings.
             short = idx[(lengths[idx] >= cfg.min_ngram_words) & (lengths[idx] < cfg.ngram_n)]
             self.parts["short_k"].append(self.hasher.at(s, tb.offsets[short], cfg.min_ngram_words))
-            self.parts["short_i"].append(item_of[short])
+            self.parts["short_i"].append(item_of[short].astype(np.uint32))
             self.short_lengths.update(int(x) for x in np.unique(lengths[short]))
         if "near_dup" in cfg.methods:
             starts, shingles = self.hasher.windows(tb, s, cfg.shingle_size)
+            k = indexed(starts)
+            starts, shingles = starts[k], shingles[k]
             if len(starts):
                 owner = tb.parent[starts]
                 first = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
                 sig = minhash_signatures(shingles, first, self.perm)
                 self.parts["band_k"].append(band_keys(sig, self.bands, self.rows))
-                self.parts["band_i"].append(item_of[owner[first]])
+                self.parts["band_i"].append(item_of[owner[first]].astype(np.uint32))
                 self.parts["shingles"].append(np.unique(shingles))
 
     def _flush_items(self, final: bool = False) -> None:
@@ -193,10 +216,11 @@ class _IndexBuilder:
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
     def _save_table(self, name: str, item_task: np.ndarray) -> None:
-        keys, items = self._cat(f"{name}_k", np.uint64), self._cat(f"{name}_i", np.int64)
+        keys, items = self._cat(f"{name}_k", np.uint64), self._cat(f"{name}_i", np.uint32)
+        self.parts[f"{name}_k"], self.parts[f"{name}_i"] = [], []
         keys, items = first_item_per_task(keys, items, item_task)
         np.save(self.out / f"{name}_keys.npy", keys)
-        np.save(self.out / f"{name}_items.npy", items.astype(np.uint32))
+        np.save(self.out / f"{name}_items.npy", items)
         if name in ("ngram", "short"):
             bits = np.zeros(bloom_size(len(keys)), np.uint8)
             bloom_add(bits, keys)
@@ -212,10 +236,10 @@ class _IndexBuilder:
         bloom_add(bits, shingles)
         np.save(self.out / "shingle_bloom.npy", bits)
         bk = np.concatenate(self.parts["band_k"], axis=1) if self.parts["band_k"] else np.zeros((self.bands, 0), np.uint64)
-        bi = self._cat("band_i", np.int64)
+        bi = self._cat("band_i", np.uint32)
         order = np.argsort(bk, axis=1, kind="stable")
         np.save(self.out / "band_keys.npy", np.take_along_axis(bk, order, axis=1))
-        np.save(self.out / "band_items.npy", bi[order].astype(np.uint32))
+        np.save(self.out / "band_items.npy", bi[order])
         meta = {
             "tasks": [s.task for s in specs],
             "test_sets": per_set,
@@ -233,18 +257,13 @@ class _IndexBuilder:
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
-def raise_empty(spec: TestSetSpec) -> None:
-    from nvdata.errors import NvdataError
-
-    raise NvdataError(f"decontam: test set {spec.task} ({spec.path}) yielded no text for {list(spec.splits)}")
-
-
 def first_item_per_task(keys: np.ndarray, items: np.ndarray, item_task: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort by key and keep, per key, the first item of each task that has it."""
     if len(keys) == 0:
         return keys, items
-    order = np.lexsort((items, keys))
+    order = np.argsort(keys, kind="stable")  # items were appended in increasing order
     keys, items = keys[order], items[order]
+    del order
     task = item_task[items]
     new = np.r_[True, (keys[1:] != keys[:-1]) | (task[1:] != task[:-1])]
     return keys[new], items[new]

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from nvdata.decontam_index import TestIndex
 from nvdata.decontam_text import (
@@ -26,13 +28,16 @@ from nvdata.decontam_text import (
     minhash_permutations,
     minhash_signatures,
     shingle_set,
+    tokenize,
 )
+from nvdata.errors import NvdataError
 
 if TYPE_CHECKING:
     from nvdata.decontam import DecontamConfig
 
 METHODS = ("exact", "ngram", "near_dup")
 _MAX_LSH_CANDIDATES = 64  # per training text: confirming more than this many is wasted work
+_CHUNK_BYTES = 4 << 20  # text bytes tokenized at once: bounds the per-token arrays (~10 x 8 B/token)
 
 
 @dataclass
@@ -46,16 +51,38 @@ class Match:
 class Matcher:
     """Holds what is reused across batches (power tables, MinHash permutations)."""
 
-    def __init__(self, index: TestIndex, cfg: DecontamConfig) -> None:
+    def __init__(self, index: TestIndex, cfg: DecontamConfig, max_chunk_bytes: int = _CHUNK_BYTES) -> None:
         self.index = index
         self.cfg = cfg
         self.methods = tuple(m for m in METHODS if m in cfg.methods)
         self.hasher = WindowHasher()
         self.perm = minhash_permutations(cfg.num_perm, cfg.minhash_seed) if "near_dup" in self.methods else None
+        self.max_chunk_bytes = max_chunk_bytes
         built = index.options
         for key in ("ngram_n", "min_ngram_words", "shingle_size", "num_perm", "minhash_seed", "minhash_threshold"):
             if built.get(key) != getattr(cfg, key):
-                raise ValueError(f"index {index.path} was built with {key}={built.get(key)}, config has {getattr(cfg, key)}")
+                raise NvdataError(f"decontam: index {index.path} was built with {key}={built.get(key)}, the config has {getattr(cfg, key)}")
+        missing = [m for m in self.methods if m not in built.get("methods", METHODS)]
+        if missing:
+            raise NvdataError(f"decontam: index {index.path} was built without method(s) {missing}")
+
+    def find_texts(self, texts: pa.Array) -> list[Match]:
+        """Matches of a string array, tokenized in chunks of at most ``max_chunk_bytes`` of text
+        (or one text) so the per-token arrays stay small whatever the batch holds."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        sizes = pc.fill_null(pc.binary_length(texts), 0).to_numpy(zero_copy_only=False)
+        cum = np.cumsum(sizes, dtype=np.int64)
+        out: list[Match] = []
+        lo = 0
+        while lo < len(texts):
+            before = int(cum[lo - 1]) if lo else 0
+            hi = max(lo + 1, int(np.searchsorted(cum, before + self.max_chunk_bytes, side="right")))
+            for m in self.find(tokenize(texts.slice(lo, hi - lo))):
+                m.text += lo
+                out.append(m)
+            lo = hi
+        return out
 
     def find(self, tb: TokenBatch) -> list[Match]:
         if len(tb.hashes) == 0:

@@ -66,6 +66,11 @@ class TokenBatch:
         """For every flat token, the index of its text."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
+    @cached_property
+    def text_end(self) -> np.ndarray:
+        """For every flat token, the flat end of its text."""
+        return np.repeat(self.offsets[1:], self.lengths)
+
     def flat_tokens(self, lo: int, hi: int) -> list[str]:
         """Flat tokens ``lo:hi`` as strings."""
         raw = self.data
@@ -124,6 +129,12 @@ def tokenize(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> TokenBatch
     return TokenBatch(data=data, starts=starts, ends=ends, hashes=_token_hashes(data, starts, ends), offsets=offsets)
 
 
+_SHIFT_LO = np.arange(8, dtype=U64) * U64(8)  # by byte offset within the aligned word
+_SHIFT_HI = (U64(64) - _SHIFT_LO) & U64(63)
+_HI_KEEP = np.array([0] + [(1 << 64) - 1] * 7, dtype=U64)  # offset 0: the next word adds nothing
+_LEN_MASK = np.array([(1 << (8 * k)) - 1 for k in range(8)] + [(1 << 64) - 1], dtype=U64)
+
+
 def _token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """A 64-bit hash per token, from its bytes read eight at a time as little-endian words.
 
@@ -139,10 +150,9 @@ def _token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.
     aligned = pad[: 8 * (len(pad) // 8)].view("<u8")
     idx, off, left = None, starts, lengths
     while True:
-        q, shift = off >> 3, (off & 7).astype(U64) * U64(8)
-        w = (aligned[q] >> shift) | np.where(shift == 0, U64(0), aligned[q + 1] << ((U64(64) - shift) & U64(63)))
-        bits = np.minimum(left, 8).astype(U64) * U64(8)
-        w &= np.where(bits == 64, ~U64(0), (U64(1) << (bits & U64(63))) - U64(1))
+        q, r = off >> 3, off & 7
+        w = (aligned[q] >> _SHIFT_LO[r]) | ((aligned[q + 1] << _SHIFT_HI[r]) & _HI_KEEP[r])
+        w &= _LEN_MASK[np.minimum(left, 8)]
         if idx is None:
             h = fmix64(h * P + w)
         else:
@@ -180,9 +190,7 @@ class WindowHasher:
         t = len(tb.hashes)
         if length < 1 or t < length:
             return np.zeros(0, np.int64), np.zeros(0, U64)
-        pos = np.arange(t - length + 1, dtype=np.int64)
-        ends = tb.offsets[1:][tb.parent[: t - length + 1]]
-        starts = pos[pos + length <= ends]
+        starts = np.flatnonzero(np.arange(length, t + 1) <= tb.text_end[: t - length + 1])
         return starts, self._hash(s, starts, np.full(len(starts), length, np.int64))
 
     def at(self, s: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:

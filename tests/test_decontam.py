@@ -352,6 +352,12 @@ def test_each_method_alone_and_its_boundaries(sample):
     nd = next(h for h in hits if h["row_id"] == "near_dup" and h["method"] == "near_dup")
     assert nd["evidence"]["jaccard"] >= 0.8 and nd["test_item_id"] == doc["item_id"]
     assert set(clean.column("row_index").to_pylist()) == {"ngram12", "short_partial", "tiny_inside"}
+    # tokenizing in small chunks finds the same matches
+    from nvdata.decontam_match import Matcher
+
+    texts = table.column("text")
+    key = lambda ms: sorted((m.text, m.method, m.item) for m in ms)  # noqa: E731
+    assert key(Matcher(index, cfg, max_chunk_bytes=40).find_texts(texts)) == key(Matcher(index, cfg).find_texts(texts))
     # methods can be switched off one by one
     only_exact = DecontamConfig(methods=("exact",))
     _, h2 = decontaminate_table(table, ["text"], source="t", index=build_test_index(only_exact, mirror=sample["mirror"], cache_dir=sample["root"] / "cache"), cfg=only_exact, id_column="row_index")

@@ -276,3 +276,22 @@ def test_config_validation_names_the_key():
     cfg = DenseConfig.from_dict({"relative_margin": None, "backend": "torch"}, "recipe.dense")
     assert DenseConfig.from_dict(cfg.to_dict(), "x") == cfg
     assert DenseConfig().relative_margin == 0.05 and DenseConfig().sampling == "top"
+
+
+def test_fast_ascii_hash_equals_text_hash():
+    import random
+
+    from nvdata.mine.dense import hash_code
+
+    def reference(text: str) -> int:
+        code = int(text_hash(text)[:16], 16)
+        code = code - (1 << 64) if code >= (1 << 63) else code
+        return code or 1
+
+    rng = random.Random(0)
+    alphabet = [chr(i) for i in range(128)]
+    samples = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(5000)]
+    samples += ["Hello,  World!", " a_b ", "\x1c\x1dx\x1f", "Ünïcödé  Text", "ﬁne print", TRIVIAL_COPY]
+    for text in samples:
+        assert hash_code(text) == reference(text), repr(text)
+    assert hash_code(TRIVIAL_COPY) == hash_code(TOPICS["bees"][0])

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from itertools import chain
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,14 @@ class Encoder:
     dtype: torch.dtype
     stats: EncodeStats = field(default_factory=EncodeStats)
     _tokenizers: dict = field(default_factory=dict, repr=False)
+    _pools: dict = field(default_factory=dict, repr=False)
+
+    def tokenizer_pool(self, workers: int) -> ThreadPoolExecutor:
+        """A long-lived pool, so each worker builds its tokenizer copy once, not once per call."""
+        pool = self._pools.get(workers)
+        if pool is None:
+            pool = self._pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvdata-tok")
+        return pool
 
     @property
     def dim(self) -> int:
@@ -242,6 +251,9 @@ class _FastTokenizer:
         self.prompt = prompt or ""
         self.prompt_length = prompt_length
         self.pin = False
+        # Single-sequence inputs get one segment id from the post-processor template; when the
+        # probe shows it is 0 the ids need not be read per token.
+        self.zero_type_ids = False
 
     def _tokenizer(self):
         tok = getattr(self._local, "tok", None)
@@ -260,23 +272,28 @@ class _FastTokenizer:
             texts = [self.prompt + t for t in texts]
         encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
         encodings = encode(texts, add_special_tokens=True)
-        width = max(len(e.ids) for e in encodings)
-        n = len(encodings)
-        ids = np.full((n, width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        types = np.zeros((n, width), dtype=np.int64) if self.with_type_ids else None
-        left = self.padding_side == "left"
-        for i, e in enumerate(encodings):
-            m = len(e.ids)
-            cols = slice(width - m, width) if left else slice(0, m)
-            ids[i, cols] = e.ids
-            mask[i, cols] = 1
-            if types is not None:
-                types[i, cols] = e.type_ids
+        # Per-text Python work holds the GIL and so bounds the throughput of all workers
+        # together: touch each encoding once, and pad / mask with whole-array numpy.
+        id_lists = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
+        width = int(lengths.max()) if len(lengths) else 0
+        cols = np.arange(width)
+        if self.padding_side == "left":
+            mask = cols[None, :] >= (width - lengths)[:, None]
+        else:
+            mask = cols[None, :] < lengths[:, None]
+        total = int(lengths.sum())
+        ids = np.full(mask.shape, self.pad_id, dtype=np.int64)
+        ids[mask] = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=total)
         features: dict[str, Any] = {"input_ids": torch.from_numpy(ids)}
-        if types is not None:
+        if self.with_type_ids:
+            types = np.zeros(mask.shape, dtype=np.int64)
+            if not self.zero_type_ids:
+                types[mask] = np.fromiter(
+                    chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64, count=total
+                )
             features["token_type_ids"] = torch.from_numpy(types)
-        features["attention_mask"] = torch.from_numpy(mask)
+        features["attention_mask"] = torch.from_numpy(mask.astype(np.int64))
         if self.pin:
             features = {k: v.pin_memory() for k, v in features.items()}
         features["modality"] = "text"
@@ -323,9 +340,11 @@ def batch_tokenizer(enc: Encoder, prompt: str | None) -> tuple[Callable[[list[st
             prompt_length = first._get_prompt_length(prompt)
         try:
             candidate = _FastTokenizer(hf_tok, model.max_seq_length, prompt, prompt_length)
-            reference = model.preprocess(list(_PROBE_TEXTS), prompt=prompt)
-            if _same_features(candidate(list(_PROBE_TEXTS)), dict(reference)):
+            reference = dict(model.preprocess(list(_PROBE_TEXTS), prompt=prompt))
+            if _same_features(candidate(list(_PROBE_TEXTS)), reference):
                 fast = candidate
+                types = reference.get("token_type_ids")
+                fast.zero_type_ids = types is not None and not bool(types.any())
         except Exception:  # anything unusual: use the model's own preprocessing
             fast = None
     if fast is not None:
@@ -379,8 +398,8 @@ def encode_texts(
 ) -> np.ndarray:
     """Embed ``texts`` (with ``prompt`` prepended, as sentence-transformers does).
 
-    ``num_workers`` tokenizer threads run ahead of the forward pass (``None``: 4 on CUDA,
-    0 on CPU, i.e. tokenize inline). Returns float32 ``(len(texts), dim)``, L2-normalized, in
+    ``num_workers`` tokenizer threads run ahead of the forward pass (``None``: see
+    :func:`default_num_workers`; 0 tokenizes inline). Returns float32 ``(len(texts), dim)``, L2-normalized, in
     input order.
     """
     n = len(texts)
@@ -409,21 +428,25 @@ def encode_texts(
             for idx in batches:
                 forward(tokenize([texts[i] for i in idx]))
         else:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nvdata-tok") as pool:
-                pending: deque = deque()
-                queue = iter(batches)
+            pool = enc.tokenizer_pool(workers)
+            pending: deque = deque()
+            queue = iter(batches)
 
-                def submit_next() -> None:
-                    idx = next(queue, None)
-                    if idx is not None:
-                        pending.append(pool.submit(tokenize, [texts[i] for i in idx]))
+            def submit_next() -> None:
+                idx = next(queue, None)
+                if idx is not None:
+                    pending.append(pool.submit(tokenize, [texts[i] for i in idx]))
 
-                for _ in range(2 * workers + 1):  # keep every worker busy a batch ahead
-                    submit_next()
+            for _ in range(2 * workers + 1):  # keep every worker busy a batch ahead
+                submit_next()
+            try:
                 while pending:
                     features = pending.popleft().result()
                     submit_next()
                     forward(features)
+            finally:
+                for future in pending:  # on an error, do not leave work queued in the pool
+                    future.cancel()
     emb = torch.cat(outputs).float()
     emb = torch.nn.functional.normalize(emb, p=2, dim=1)
     order = torch.from_numpy(np.concatenate(batches)).to(enc.device)
@@ -467,7 +490,9 @@ class EmbeddingCache:
 
     One file per encoded block of texts (a corpus chunk, a block of queries); a block whose
     texts, prompt and encoder match a file is loaded instead of encoded. Files are written to
-    a temporary name and renamed, so an interrupted run never leaves a truncated one.
+    a temporary name and renamed, so an interrupted run never leaves a truncated one. Writes
+    happen on a background thread while the next block encodes; use the cache as a context
+    manager (or call :meth:`close`) so they finish.
     """
 
     def __init__(
@@ -478,12 +503,32 @@ class EmbeddingCache:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.stats = CacheStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvdata-cache")
+        self._pending: dict[Path, Any] = {}
+
+    def __enter__(self) -> "EmbeddingCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for every pending write; re-raise the first that failed."""
+        pending, self._pending = self._pending, {}
+        try:
+            for future in pending.values():
+                future.result()
+        finally:
+            self._writer.shutdown(wait=True)
 
     def path_for(self, texts: list[str], prompt: str | None) -> Path:
         return self.dir / f"{texts_key(texts, prompt)}.npy"
 
     def embed(self, texts: list[str], *, prompt: str | None = None) -> np.ndarray:
         path = self.path_for(texts, prompt)
+        in_flight = self._pending.pop(path, None)
+        if in_flight is not None:
+            in_flight.result()
         if path.exists():
             try:
                 emb = np.load(path)
@@ -498,7 +543,7 @@ class EmbeddingCache:
         )
         self.stats.misses += 1
         self.stats.texts_encoded += len(texts)
-        _atomic_save(path, emb)
+        self._pending[path] = self._writer.submit(_atomic_save, path, emb)
         return emb
 
 
