@@ -313,6 +313,8 @@ def training_repos(seed: int = 0) -> dict[str, dict[str, dict[str, pa.Table]]]:
     """{repo_id: {config: {split: table}}} for every registry source (shared repos merged)."""
     repos: dict[str, dict] = {}
     for name, entry in load_registry().items():
+        if not entry.available:
+            continue  # a licence-gated source has no public copy to imitate
         rng = random.Random(f"{seed}-{name}")
         if entry.layout == "beir":
             part = beir_repo(rng, prefix="")
