@@ -321,7 +321,8 @@ def run_build(
                 shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
                 in_batch_negatives=recipe.in_batch_negatives)
             decontam_summary = decontam.write_report(
-                all_hits, {n: results[n].cached["decontam_counts"] for n in raws}, tmp / "reports")
+                all_hits, {n: results[n].cached["decontam_counts"] for n in raws}, tmp / "reports",
+                index=index, cfg=recipe.decontamination)
             emit.write_json(tmp / "reports" / "mining.json", mine_reports)
             manifest = {
                 "nvdata_manifest_version": 1,
@@ -378,7 +379,7 @@ def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=
         d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
         hits.extend(json.loads((d / "hits.json").read_text()))
         counts[name] = json.loads((d / "counts.json").read_text())
-    return decontam.write_report(hits, counts, Path(report_dir))
+    return decontam.write_report(hits, counts, Path(report_dir), index=index, cfg=recipe.decontamination)
 
 
 def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirror=None, limit=None,
