@@ -208,9 +208,11 @@ def build_cmd(
     for r in res.sources:
         t.add_row(r.name, r.task_type, str(r.raw_rows), str(r.decontam_dropped), str(r.rows),
                   f"{r.mean_negatives:.2f}")
-    for name, why in res.skipped.items():
-        t.add_row(name, "-", "-", "-", "skipped", why[:40])
+    for name in res.skipped:
+        t.add_row(name, "-", "-", "-", "skipped", "-")
     console.print(t)
+    for name, why in res.skipped.items():
+        console.print(f"[yellow]skipped {name}:[/] {why}")
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
     console.print(f"[bold green]output:[/] {res.out.resolve()} ({res.manifest['total_rows']} rows, "
                   f"{len(res.manifest['shards'])} shard(s))")

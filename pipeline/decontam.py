@@ -361,12 +361,15 @@ def audit_build(
     hits: list[dict] = []
     counts = DecontamCounts()
     for path in readable:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)
-        for _ in iter_decontaminate(
-            batches, ["query", "positive"], index=index, cfg=cfg, id_column="id", hits=hits,
-            counts=counts, list_fields={"negatives": ["negative_scores"]},
-        ):
-            pass
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)
+            for _ in iter_decontaminate(
+                batches, ["query", "positive"], index=index, cfg=cfg, id_column="id", hits=hits,
+                counts=counts, list_fields={"negatives": ["negative_scores"]},
+            ):
+                pass
+        except (OSError, pa.ArrowException) as e:  # corrupted pages surface only when decoded
+            problems.append({"file": path.relative_to(out_dir).as_posix(), "problem": f"unreadable: {e}"})
     summary = summarize(hits, counts.to_dict(), index.summary())
     return {
         "ok": not problems and not hits,
