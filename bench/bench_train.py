@@ -264,7 +264,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--grad-cache", type=int, default=0)
     p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=0.01)
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--latents", type=int, default=512)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from nvdata import schema
 from nvdata.errors import NvdataError
@@ -295,3 +296,20 @@ def test_fast_ascii_hash_equals_text_hash():
     for text in samples:
         assert hash_code(text) == reference(text), repr(text)
     assert hash_code(TRIVIAL_COPY) == hash_code(TOPICS["bees"][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_mining_agrees_with_cpu(world, encoder, tmp_path):
+    gpu = load_encoder(None, device="cuda")  # bf16, tokenizer workers, pinned async copies
+    assert gpu.dtype == torch.bfloat16
+    texts = [t for ts in TOPICS.values() for t in ts]
+    ours = encode_texts(gpu, texts, batch_size=4, num_workers=4)
+    np.testing.assert_allclose(ours, encode_texts(encoder, texts), atol=3e-2)
+    cpu_rows, _ = _mine(world, encoder, tmp_path / "cpu")
+    gpu_rows, report = _mine(world, gpu, tmp_path / "gpu", backend="torch")
+    assert report["search"]["backend"] == "torch" and report["encode"]["workers"] > 0
+    same = sum(
+        len(set(a) & set(b))
+        for a, b in zip(cpu_rows.column("negatives").to_pylist(), gpu_rows.column("negatives").to_pylist())
+    )
+    assert same >= 0.9 * 3 * cpu_rows.num_rows

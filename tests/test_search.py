@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from nvdata.errors import NvdataError
 from nvdata.mine.search import (
@@ -81,3 +82,14 @@ def test_backend_resolution_on_cpu():
     rng = np.random.default_rng(0)
     assert make_searcher("auto", _unit(rng, 3), 2).backend == "faiss"
     assert make_searcher("torch", _unit(rng, 3), 2).backend == "torch"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_backend_on_cuda_matches_brute_force():
+    rng = np.random.default_rng(3)
+    q, c = _unit(rng, 300, 64), _unit(rng, 5000, 64)
+    want_s, want_i = _brute(q, c, 50)
+    s, i = _run(TorchSearcher(q, 50, device="cuda", query_batch_size=128), c, 1024)
+    assert np.array_equal(i, want_i)
+    np.testing.assert_allclose(s, want_s, atol=1e-5)
+    assert resolve_backend("auto", "cuda", 5000) == "torch"  # beyond faiss-GPU's k limit

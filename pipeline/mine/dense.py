@@ -83,7 +83,7 @@ class _OptionError(Exception):
 class DenseConfig:
     """Options of the dense miner (recipe section ``mining.dense``).
 
-    num_negatives      negatives per row (NV-Embed trains with 7 hard negatives per query).
+    num_negatives      negatives per row (7, the hard negatives per query of NV-Embed's recipe).
     top_k              nearest candidates considered per query, after positives are removed.
     range_min/max      rank window over those candidates: skip the ``range_min`` most similar,
                        stop at ``range_max`` (None: ``top_k``).
