@@ -166,16 +166,35 @@ def _format(entry, recipe, spec, decontam_dir: Path, dkey: str, cache: Path):
     return final, key
 
 
-def _mine_dense(entry, recipe, fmt_dir, fkey, decontam_dir, cache, encoder, device):
+class _LazyEncoder:
+    """Loads the dense encoder on first use, once per build (not once per source), and only
+    when some source actually needs mining; its fingerprint (model files' hash) keys the cache."""
+
+    def __init__(self, name, device, cfg):
+        from nvdata.mine.encode import model_fingerprint
+
+        self.name, self.device, self.cfg, self._enc = name, device, cfg, None
+        self.fingerprint = model_fingerprint(name)
+
+    def get(self):
+        if self._enc is None:
+            from nvdata.mine.encode import load_encoder
+
+            self._enc = load_encoder(self.name, device=self.device, dtype=self.cfg.dtype,
+                                     max_seq_length=self.cfg.max_seq_length)
+        return self._enc
+
+
+def _mine_dense(entry, recipe, fmt_dir, fkey, decontam_dir, cache, encoder: _LazyEncoder):
     from nvdata.mine.dense import mine_dense_negatives
 
-    key = key_of(fkey, recipe.dense.to_dict(), encoder, recipe.seed)
+    key = key_of(fkey, recipe.dense.to_dict(), encoder.fingerprint, recipe.seed)
     with stage_folder(cache, "mine", entry.name, key) as (final, tmp):
         if tmp is not None:
             rows = pq.read_table(fmt_dir / "rows.parquet")
             corpus = pq.read_table(decontam_dir / "corpus.parquet")
             mined, report = mine_dense_negatives(
-                rows, corpus, recipe.dense, encoder=encoder, device=device,
+                rows, corpus, recipe.dense, encoder=encoder.get(), device=encoder.device,
                 cache_dir=Path(cache) / "embeddings", seed=recipe.seed)
             pq.write_table(mined, tmp / "rows.parquet", compression="zstd")
             emit.write_json(tmp / "report.json", report)
@@ -289,12 +308,15 @@ def run_build(
     mine_reports: dict[str, dict] = {}
     sts_names = [n for n in raws if registry[n].task_type == "sts"]
     with timer("mine"):
+        lazy_encoder = None
         for name in raws:
             entry = registry[name]
             fdir, fkey = fmt[name]
             if entry.task_type == "retrieval":
+                if lazy_encoder is None:
+                    lazy_encoder = _LazyEncoder(encoder, device, recipe.dense)
                 mdir = _mine_dense(entry, recipe, fdir, fkey, decontam_dirs[name][0], cache,
-                                   encoder, device)
+                                   lazy_encoder)
             elif entry.task_type == "sts":
                 pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
                 pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}

@@ -12,7 +12,7 @@ from nvdata import schema
 from nvdata.errors import NvdataError
 from nvdata.finetune import MANIFEST, finetune_miner
 from nvdata.mine.dense import DenseConfig, mine_dense_negatives
-from nvdata.mine.encode import encode_texts, load_encoder
+from nvdata.mine.encode import encode_texts, load_encoder, model_fingerprint
 from nvdata.text import content_id
 
 
@@ -40,6 +40,7 @@ def test_finetuned_miner_is_a_model_dir_the_miner_loads(tmp_path):
 
     tuned, base = load_encoder(out, device="cpu"), load_encoder(None, device="cpu")
     assert tuned.identity != base.identity
+    assert model_fingerprint(out) != model_fingerprint(None)  # what a stage cache key should use
     texts = pairs.column("query").to_pylist()[:4]
     assert not np.allclose(encode_texts(tuned, texts), encode_texts(base, texts), atol=1e-4)
 

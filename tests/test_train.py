@@ -82,14 +82,17 @@ def minilm():
 
 
 def test_config_validates_and_resolves_stage_defaults():
-    with pytest.raises(NvdataError, match=r"recipe\.train\.learning_rate"):
-        TrainConfig.from_dict({"learning_rate": 1e-5}, "recipe.train")
+    with pytest.raises(NvdataError, match=r"recipe\.train\.learning_rat\b"):
+        TrainConfig.from_dict({"learning_rat": 1e-5}, "recipe.train")
     with pytest.raises(NvdataError, match=r"train\.batch_size"):
         TrainConfig.from_dict({"batch_size": "8"})
     with pytest.raises(NvdataError, match=r"train\.pooling"):
         TrainConfig.from_dict({"pooling": "cls"})
     with pytest.raises(NvdataError, match=r"train\.grad_cache"):
         TrainConfig.from_dict({"grad_cache": -1})
+    assert TrainConfig.from_dict({"learning_rate": 2e-5, "warmup_steps": 10}) == TrainConfig(lr=2e-5, warmup=10)
+    with pytest.raises(NvdataError, match=r"train\.learning_rate"):
+        TrainConfig.from_dict({"learning_rate": 2e-5, "lr": 1e-5})
     cfg = TrainConfig.from_dict({"temperature": 1, "lora_target_modules": ["q_proj", "v_proj"], "stage": 2})
     assert cfg.temperature == 1.0 and cfg.lora_target_modules == ("q_proj", "v_proj")
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

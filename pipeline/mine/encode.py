@@ -163,13 +163,23 @@ def load_encoder(
     model.eval()
     identity = _fingerprint(
         {
-            "files": _model_files_fingerprint(path),
+            "files": _model_files_fingerprint(path),  # = model_fingerprint(name), already resolved
             "dtype": str(torch_dtype),
             "max_seq_length": int(model.max_seq_length),
             "version": ENCODE_VERSION,
         }
     )
     return Encoder(model=model, name=name, path=path, identity=identity, device=dev, dtype=torch_dtype)
+
+
+def model_fingerprint(encoder: str | Path | None) -> str:
+    """Hash of the encoder's model files, without loading it: for stage cache keys.
+
+    Changes when the directory's weights or configs change (a re-run of ``finetune_miner``
+    into the same directory included), unlike the path string.
+    """
+    name = str(encoder) if encoder is not None else str(default_encoder_path())
+    return _fingerprint(_model_files_fingerprint(_resolve_model_dir(name)))
 
 
 def _resolve_model_dir(name: str) -> Path:

@@ -46,6 +46,7 @@ STAGE_DEFAULTS = {
 STATE_FILE = "trainer_state.pt"
 # Keys that may change between a run and its resume (everything else must match).
 RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints"}
+ALIASES = {"learning_rate": "lr", "warmup_steps": "warmup"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TrainConfig:
     """Options of ``nvdata train`` (a recipe's ``train:`` mapping). Defaults: NV-Embed's.
 
     ``None`` for ``lr`` / ``max_steps`` means the stage's paper value (``STAGE_DEFAULTS``).
+    ``from_dict`` also accepts ``learning_rate`` / ``warmup_steps`` for ``lr`` / ``warmup``.
     """
 
     stage: int = 1  # 1: retrieval + in-batch negatives; 2: all tasks, no in-batch (rows decide)
@@ -93,6 +95,11 @@ class TrainConfig:
     def from_dict(cls, d: dict | None, where: str = "train") -> TrainConfig:
         """Validate a recipe mapping; errors name ``{where}.{key}``."""
         d = dict(d or {})
+        for alias, key in ALIASES.items():  # recipes may spell the Hugging Face way
+            if alias in d:
+                if key in d:
+                    raise NvdataError(f"{where}.{alias}: give either {alias} or {key}, not both")
+                d[key] = d.pop(alias)
         known = {f.name for f in dataclasses.fields(cls)}
         for key in d:
             if key not in known:
@@ -358,8 +365,9 @@ def train(
                 dups += batch.masked_duplicates
                 sources.update(batch.sources)
                 batch_in_epoch = index + 1
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for p in emb.parameters() if p.requires_grad], cfg.max_grad_norm)
+            params = [p for p in emb.parameters() if p.requires_grad]
+            # clip_grad_norm_ with an infinite bound only measures: the norm is logged either way
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -373,6 +381,7 @@ def train(
                 "step": step,
                 "loss": step_loss,
                 "lr": lr,
+                "grad_norm": float(grad_norm),
                 "epoch": epoch,
                 "rows": step_rows,
                 "tokens": step_tokens,
