@@ -191,11 +191,31 @@ def test_instruction_tokens_are_masked_out_of_pooling(minilm):
     assert 0.5 < float(e[0] @ e[1]) < 0.9999
 
 
-def test_document_instruction_formats_and_masks_documents():
-    rows = [row(0, "a cat sits", "a feline sits", ["a dog runs"], in_batch=False, document_instruction="Retrieve similar text")]
-    b = collate(rows)
-    assert b.document_instructions == ["Retrieve similar text", "Retrieve similar text"]
-    assert instructed_query("Retrieve similar text", "a feline sits").startswith("Instruct: Retrieve")
+def test_a_plain_hugging_face_encoder_trains_as_a_sentence_transformer(tmp_path, minilm):
+    import shutil
+
+    plain = tmp_path / "plain-bert"  # the MiniLM weights without sentence-transformers' files
+    plain.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(Path(MINILM) / name, plain / name)
+    m = build_model(str(plain), device="cpu", max_length=64)
+    assert m.kind == "encoder" and m.meta["weights"] == "sentence_transformers" and m.meta["pooling"] == "mean"
+    texts = ["the cat chases the dog", "a quiet lake"]
+    assert torch.allclose(torch.from_numpy(m.encode(texts)), torch.from_numpy(minilm.encode(texts)), atol=1e-5)
+    m.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "modules.json").is_file()
+
+
+def test_document_instruction_formats_and_masks_documents(minilm):
+    sts = row(0, "a cat sits", "a feline sits", ["a dog runs"], in_batch=False, document_instruction="Retrieve similar text")
+    plain = row(1, "a cow eats", "grass is eaten", ["a cow sleeps"], in_batch=False)
+    b = collate([sts, plain])
+    assert b.document_instructions == ["Retrieve similar text", "Retrieve similar text", None, None]
+    feats = minilm.tokenize(b.documents, b.document_instructions)
+    pooled, attended = feats["pool_mask"].sum(1), feats["attention_mask"].sum(1)
+    assert (pooled[:2] < attended[:2]).all()  # "Instruct: ...\nQuery: " attended, not pooled
+    assert (pooled[2:] == attended[2:]).all()  # documents of other tasks carry no instruction
 
 
 def test_infonce_matches_the_formula_and_ignores_masked_documents():

@@ -58,12 +58,14 @@ def is_causal_decoder(model: nn.Module) -> bool:
 def make_bidirectional(model: nn.Module) -> None:
     """Remove the causal mask of a transformers 5.x decoder (NV-Embed Section 3.1), in place.
 
-    Two switches are needed. ``config.is_causal = False`` makes the model build a bidirectional
-    padding mask instead of a causal one (``masking_utils.create_causal_mask``). But when there
-    is no padding that mask is skipped (``None``), and the SDPA / flash kernels then fall back to
-    each attention module's own ``is_causal`` flag, which is ``True`` for Mistral, Llama and Qwen;
-    so that flag is cleared on every module too. Sliding windows are dropped: NV-Embed attends to
-    the whole sequence.
+    ``config.is_causal = False`` is the switch transformers 5 provides: ``create_causal_mask``
+    then builds a bidirectional (padding-only) mask, and the model-level wrapper passes
+    ``is_causal=False`` down to the attention kernels. Each attention module's own ``is_causal``
+    flag (``True`` for Mistral, Llama, Qwen) is cleared too, because the SDPA and flash kernels
+    fall back to it whenever no ``is_causal`` argument reaches them (when the mask is skipped for
+    an unpadded batch, that flag alone decides). Sliding windows are dropped: NV-Embed attends
+    to the whole sequence. ``tests/test_train_decoder.py`` checks a late token reaching an early
+    one, with and without padding, for SDPA and eager attention.
     """
     configs = {id(model.config): model.config} if hasattr(model, "config") else {}
     for m in model.modules():
