@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 
 from nvdata import emit
 from nvdata.errors import NvdataError
+from nvdata.fsutil import staged_dir
 from nvdata.paths import sample_mirror_dir
 from nvdata.recipe import Recipe
 from nvdata.registry import SourceEntry, load_registry
@@ -52,17 +52,9 @@ def stage_folder(cache: Path, stage: str, source: str, key: str):
     if (final / "done.json").is_file():
         yield final, None
         return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{source}-", dir=final.parent))
-    try:
+    with staged_dir(final, prefix=f".tmp-{source}-") as tmp:
         yield final, tmp
         (tmp / "done.json").write_text(json.dumps({"key": key}))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass

@@ -26,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
@@ -41,6 +40,7 @@ from nvdata.decontam_index import TestIndex, build_test_index
 from nvdata.decontam_match import METHODS, Matcher
 from nvdata.decontam_report import summarize, write_report
 from nvdata.errors import NvdataError
+from nvdata.fsutil import sha256_file
 
 __all__ = [
     "DecontamConfig", "DecontamCounts", "TestIndex", "build_test_index", "iter_decontaminate",
@@ -303,14 +303,6 @@ def scan_rows(
 
 
 # -- audit ----------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def audit_build(
     out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: DecontamConfig | None = None
 ) -> dict:
@@ -342,7 +334,7 @@ def audit_build(
         if not path.is_file():
             problems.append({"file": shard["file"], "problem": "missing"})
             continue
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != shard["sha256"]:
             problems.append({"file": shard["file"], "problem": "sha256 mismatch", "expected": shard["sha256"], "actual": actual})
         try:

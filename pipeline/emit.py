@@ -15,9 +15,7 @@ then each bucket permuted), so memory is bounded by one shard, not the dataset.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -29,17 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nvdata.errors import NvdataError
+from nvdata.fsutil import sha256_file, staged_dir
 from nvdata.schema import ROW
 
 SHARD_PATTERN = "part-{:05d}.parquet"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _row_tables(files: Iterable[Path], in_batch_negatives: bool, batch_rows: int = 10_000):
@@ -101,24 +92,11 @@ def write_json(path: Path, obj) -> None:
 
 @contextmanager
 def atomic_output(out: Path):
-    """Yield a temp folder; on success it replaces ``out`` in one rename, on failure it goes."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    """Yield a temp folder; on success (manifest present) it replaces ``out`` in one rename."""
+    with staged_dir(Path(out)) as tmp:
         yield tmp
         if not (tmp / "manifest.json").is_file():
             raise NvdataError("internal: build finished without a manifest; output not published")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def library_versions() -> dict[str, str]:

@@ -9,8 +9,6 @@ instruction is prefixed to the anchor (and to documents where the row's task say
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nvdata.errors import NvdataError
+from nvdata.fsutil import staged_dir
 from nvdata.schema import ROW, instructed_query
 
 FORMATS = ("sentence-transformers", "jsonl")
@@ -67,10 +66,8 @@ def export_build(build: Path, to: Path, *, fmt: str = "sentence-transformers",
         )
     if num_negatives is not None and num_negatives < 0:
         raise NvdataError(f"--num-negatives must be >= 0, got {num_negatives}")
-    to.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{to.name}.tmp-", dir=to.parent))
     rows = dropped = 0
-    try:
+    with staged_dir(to) as tmp:
         for i, s in enumerate(shards):
             t = pq.read_table(s).cast(ROW)
             if fmt == "jsonl":
@@ -84,10 +81,4 @@ def export_build(build: Path, to: Path, *, fmt: str = "sentence-transformers",
             dropped += t.num_rows - kept.num_rows
             rows += kept.num_rows
             pq.write_table(_st_table(kept, num_negatives), tmp / f"part-{i:05d}.parquet", compression="zstd")
-        if to.exists():
-            shutil.rmtree(to)
-        tmp.rename(to)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {"rows": rows, "dropped": dropped, "num_negatives": num_negatives, "format": fmt}

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nvdata.errors import NvdataError
+from nvdata.fsutil import staged_dir
 from nvdata.registry import SourceEntry
 from nvdata.schema import (
     RAW_CLASSIFICATION,
@@ -396,9 +394,8 @@ def download_source(
         if hit is not None:
             return hit
     final = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=final.parent))
-    try:
+    # --force swaps the old copy out only once the new one is complete
+    with staged_dir(final, prefix=f".tmp-{entry.name}-") as tmp:
         rows = _write_raw(entry, tmp, mirror, limit)
         if rows == 0:
             raise NvdataError(
@@ -407,16 +404,6 @@ def download_source(
         meta = {"source": entry.name, "rows": rows, "key": final.name, **entry.to_dict(),
                 "limit": limit, "mirror": str(mirror) if mirror else None}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if final.exists():  # --force: swap the old copy out only once the new one is complete
-            old = final.with_name(final.name + f".old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return RawSource(entry.name, entry.task_type, final, rows, cached=False)
 
 

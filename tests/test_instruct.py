@@ -18,7 +18,6 @@ from nvdata.instruct import (
     instruction_for_task,
     instruction_rows,
     load_instructions,
-    source_instruction,
 )
 from nvdata.paths import data_dir
 from nvdata.schema import FORMATTED, instructed_query

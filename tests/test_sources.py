@@ -9,7 +9,7 @@ import pytest
 from nvdata.errors import NvdataError
 from nvdata.mirror import write_hub_repo
 from nvdata.registry import SourceEntry
-from nvdata.schema import RAW_CLASSIFICATION, RAW_RETRIEVAL_CORPUS, RAW_RETRIEVAL_PAIRS, RAW_STS
+from nvdata.schema import RAW_RETRIEVAL_CORPUS, RAW_RETRIEVAL_PAIRS, RAW_STS
 from nvdata.sources import download_source
 
 

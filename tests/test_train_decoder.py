@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import INSTRUCTION, role_rows, row, write_build  # noqa: E402
 
 from nvdata.schema import instructed_query  # noqa: E402
-from nvdata.train import TrainConfig, load_model, train  # noqa: E402
+from nvdata.train import TrainConfig, train  # noqa: E402
 from nvdata.train.data import collate  # noqa: E402
 from nvdata.train.loss import InfoNCELoss, contrastive_backward  # noqa: E402
 from nvdata.train.model import (  # noqa: E402
