@@ -94,20 +94,27 @@ def download_cmd(
         wanted = list(names or reg)
     entries = [_run(get_source, n, reg) for n in wanted]
     mir = _mirror(mirror, sample)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     failed = 0
-    for e in entries:
-        if not e.available and (mir is None or not (Path(mir) / e.hf_id).is_dir()):
-            err.print(f"[yellow]{e.name}: not downloadable:[/] {e.unavailable_reason}")
-            failed += 1
-            continue
-        with console.status(f"downloading {e.name} ({e.hf_id})"):
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        for e in entries:
+            if not e.available and (mir is None or not (Path(mir) / e.hf_id).is_dir()):
+                err.print(f"[yellow]{e.name}: not downloadable:[/] {e.unavailable_reason}")
+                failed += 1
+                continue
+            task = bar.add_task(f"{e.name} ({e.hf_id})", total=limit)
             try:
-                r = download_source(e, cache=_default_cache(cache), mirror=mir, limit=limit, force=force)
+                r = download_source(e, cache=_default_cache(cache), mirror=mir, limit=limit, force=force,
+                                    progress=lambda n, t=task: bar.update(t, completed=n))
             except NvdataError as ex:
+                bar.update(task, description=f"{e.name}: [red]failed[/]")
                 err.print(f"[bold red]error:[/] {ex}")
                 failed += 1
                 continue
-        console.print(f"{e.name}: {r.rows} rows -> {r.path}{' (cached)' if r.cached else ''}")
+            bar.update(task, total=r.rows, completed=r.rows)
+            bar.console.print(f"{e.name}: {r.rows} rows -> {r.path}{' (cached)' if r.cached else ''}")
     if failed:
         raise typer.Exit(1)
 
@@ -132,14 +139,18 @@ def instructions_cmd(name: Annotated[Optional[str], typer.Argument(help="A sourc
     from nvdata.instruct import instruction_rows
 
     rows = _run(instruction_rows, name)
-    if not rows:
-        err.print(f"[bold red]error:[/] no instruction for {name!r}")
-        raise typer.Exit(2)
+    if name is not None:  # one name: every field in full, readable at any terminal width
+        for r in rows:
+            for k, v in r.items():
+                console.print(f"[bold]{k}:[/] {v if v is not None else ''}", soft_wrap=True)
+            console.print()
+        return
     t = Table(title="instructions")
-    for col in rows[0]:
-        t.add_column(str(col))
+    for col in ("set", "name", "instruction", "document_instruction", "origin"):
+        t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(*[str(v) if v is not None else "" for v in r.values()])
+        t.add_row(*[str(r.get(c)) if r.get(c) is not None else "" for c in
+                    ("set", "name", "instruction", "document_instruction", "origin")])
     console.print(t)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -383,8 +383,12 @@ def download_source(
     mirror: Path | None = None,
     limit: int | None = None,
     force: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> RawSource:
-    """Fetch one source into the raw cache (or reuse it) and return where it is."""
+    """Fetch one source into the raw cache (or reuse it) and return where it is.
+
+    ``progress(n)`` is called with the number of rows written so far, after every batch.
+    """
     if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
         raise NvdataError(f"source {entry.name!r} is not publicly available: {entry.unavailable_reason}")
     if limit is not None and limit <= 0:
@@ -396,7 +400,7 @@ def download_source(
     final = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
     # --force swaps the old copy out only once the new one is complete
     with staged_dir(final, prefix=f".tmp-{entry.name}-") as tmp:
-        rows = _write_raw(entry, tmp, mirror, limit)
+        rows = _write_raw(entry, tmp, mirror, limit, progress or (lambda n: None))
         if rows == 0:
             raise NvdataError(
                 f"source {entry.name!r}: split {entry.split!r} of {entry.hf_id} is empty"
@@ -407,18 +411,22 @@ def download_source(
     return RawSource(entry.name, entry.task_type, final, rows, cached=False)
 
 
-def _write_raw(entry: SourceEntry, out: Path, mirror: Path | None, limit: int | None) -> int:
+def _write_raw(entry: SourceEntry, out: Path, mirror: Path | None, limit: int | None,
+               progress: Callable[[int], None]) -> int:
     if entry.task_type == "retrieval":
         with pq.ParquetWriter(out / "pairs.parquet", RAW_RETRIEVAL_PAIRS, compression="zstd") as pw, \
              pq.ParquetWriter(out / "corpus.parquet", RAW_RETRIEVAL_CORPUS, compression="zstd") as cw:
             if entry.layout == "beir":
-                return _download_beir(entry, mirror, limit, pw, cw)
+                rows = _download_beir(entry, mirror, limit, pw, cw)
+                progress(rows)
+                return rows
             rows = 0
             batches = _limited(stream_split(entry, entry.config, entry.split, mirror), limit)
             for pairs, docs in _map_pairs(entry, batches):
                 pw.write_table(pairs)
                 cw.write_table(docs)
                 rows += pairs.num_rows
+                progress(rows)
             return rows
     mapper, schema = _TABLE_MAPPERS[entry.task_type]
     rows = 0
@@ -427,4 +435,5 @@ def _write_raw(entry: SourceEntry, out: Path, mirror: Path | None, limit: int | 
         for t in mapper(entry, batches):
             w.write_table(t)
             rows += t.num_rows
+            progress(rows)
     return rows
