@@ -113,6 +113,11 @@ def _cap_rows(table: pa.Table, max_rows: int | None, seed: int, source: str) -> 
     return table.take(pa.array(idx))
 
 
+def _min_limit(*limits: int | None) -> int | None:
+    given = [x for x in limits if x is not None]
+    return min(given) if given else None
+
+
 # -- stages -----------------------------------------------------------------------------------------
 
 
@@ -260,7 +265,8 @@ def run_build(
                 skipped[entry.name] = f"not publicly available: {entry.unavailable_reason}"
                 say("download", f"{entry.name}: SKIPPED ({skipped[entry.name]})")
                 continue
-            raw = download_source(entry, cache=cache, mirror=mirror, limit=limit)
+            raw = download_source(entry, cache=cache, mirror=mirror,
+                                  limit=_min_limit(limit, spec.limit))
             raws[entry.name] = raw
             results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
                                                cached={"download": raw.cached})
@@ -389,7 +395,8 @@ def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=
         entry = registry[name]
         if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
             continue
-        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
+        spec_limit = next((s.limit for s in recipe.sources if s.name == name), None)
+        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=_min_limit(limit, spec_limit))
         d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
         hits.extend(json.loads((d / "hits.json").read_text()))
         counts[name] = json.loads((d / "counts.json").read_text())
@@ -411,7 +418,7 @@ def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirro
             continue
         if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
             continue
-        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
+        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=_min_limit(limit, spec.limit))
         d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
         pair_files.append(d / "pairs.parquet")
     if not pair_files:

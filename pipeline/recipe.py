@@ -23,7 +23,7 @@ _TOP_KEYS = {
     "name", "description", "stage", "seed", "in_batch_negatives", "sources", "format",
     "mining", "decontamination", "output", "train",
 }
-_SOURCE_KEYS = {"max_rows", "weight"}
+_SOURCE_KEYS = {"max_rows", "limit", "weight"}
 _MINING_KEYS = {"dense", "bm25"}
 _OUTPUT_KEYS = {"dir", "shard_rows", "row_group_rows"}
 
@@ -33,6 +33,9 @@ class SourceSpec:
     name: str
     max_rows: int | None = None  # cap on formatted rows (seeded sample), e.g. the paper's count
     weight: float = 1.0  # recorded in the manifest for samplers; does not duplicate rows
+    # rows read from the source's stream at download (its first N): bounds the download of a
+    # huge source such as PAQ (64M pairs) before max_rows samples from what was read
+    limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ class Recipe:
             "stage": self.stage,
             "seed": self.seed,
             "in_batch_negatives": self.in_batch_negatives,
-            "sources": {s.name: {"max_rows": s.max_rows, "weight": s.weight} for s in self.sources},
+            "sources": {s.name: {"max_rows": s.max_rows, "limit": s.limit, "weight": s.weight}
+                        for s in self.sources},
             "format": self.format.to_dict(),
             "mining": {"dense": self.dense.to_dict(), "bm25": self.bm25.to_dict()},
             "decontamination": self.decontamination.to_dict(),
@@ -122,10 +126,13 @@ def _sources(raw, registry: dict[str, SourceEntry]) -> tuple[SourceSpec, ...]:
         max_rows = spec.get("max_rows")
         if max_rows is not None:
             max_rows = _int(max_rows, f"sources.{name}.max_rows", 1)
+        limit = spec.get("limit")
+        if limit is not None:
+            limit = _int(limit, f"sources.{name}.limit", 1)
         weight = spec.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
             raise NvdataError(f"recipe key sources.{name}.weight: expected a positive number, got {weight!r}")
-        out.append(SourceSpec(name, max_rows, float(weight)))
+        out.append(SourceSpec(name, max_rows, float(weight), limit))
     return tuple(out)
 
 

@@ -138,3 +138,15 @@ def test_audit_passes_a_clean_build_and_catches_a_corrupted_shard(stage2, tmp_pa
     shard.write_bytes(bytes(data))
     bad = audit_build(out, mirror=sample_mirror_dir(), cache_dir=root / "cache" / "test-index")
     assert not bad["ok"]
+
+
+def test_per_source_limit_and_max_rows_bound_a_source(tmp_path):
+    import yaml
+
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "small", "stage": 2, "sources": {
+        "banking77": {"limit": 30, "max_rows": 10}, "sts12": {"limit": 20}}}))
+    res = run_build(load_recipe(p), out=tmp_path / "out", sample=True, cache=tmp_path / "cache")
+    src = res.manifest["sources"]
+    assert src["banking77"]["raw_rows"] == 30 and src["banking77"]["rows"] == 10
+    assert src["sts12"]["raw_rows"] == 20

@@ -36,6 +36,7 @@ BASE = {"name": "t", "stage": 2, "sources": ["banking77", "sts12"]}
         ({"sources": ["banking77", "no_such_source"]}, "sources.no_such_source"),
         ({"sources": {"banking77": {"max_rows": 0}}}, "sources.banking77.max_rows"),
         ({"sources": {"banking77": {"cap": 3}}}, "sources.banking77.cap"),
+        ({"sources": {"banking77": {"limit": -1}}}, "sources.banking77.limit"),
         ({"stage": 3}, "stage"),
         ({"seed": "x"}, "seed"),
         ({"in_batch_negatives": "yes"}, "in_batch_negatives"),
