@@ -32,7 +32,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,26 +250,9 @@ class _Queries:
         return cls(list(index), texts, instr, of_row, pos_matrix, query_hashes, max_pos)
 
 
-# For ASCII bytes: punctuation and symbols (text._PUNCT, "_" included) become spaces, and so do
-# \x1c-\x1f, which str.split / regex \s treat as whitespace but bytes.split does not.
-_ASCII_TABLE = bytes(
-    b if chr(b).isalnum() or (chr(b).isspace() and b < 0x1C) or b == 0x20 else 0x20 for b in range(256)
-)
-
-
 def hash_code(text: str) -> int:
-    """64-bit signed code of :func:`nvdata.text.text_hash` (normalized-text identity); never 0.
-
-    Candidate texts are hashed by the hundred thousand, so ASCII text (NFKC leaves it alone and
-    casefold is lower) takes a C-speed path that normalizes exactly as ``normalize_text`` does
-    (a test holds the two equal); anything else goes through ``text_hash`` itself.
-    """
-    if text.isascii():
-        norm = b" ".join(text.encode("ascii").lower().translate(_ASCII_TABLE).split())
-        digest = hashlib.blake2b(norm, digest_size=16).digest()
-        code = int.from_bytes(digest[:8], "big")
-    else:
-        code = int(text_hash(text)[:16], 16)
+    """64-bit signed code of :func:`nvdata.text.text_hash` (normalized-text identity); never 0."""
+    code = int(text_hash(text)[:16], 16)
     code = code - (1 << 64) if code >= (1 << 63) else code
     return code or 1
 
