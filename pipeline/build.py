@@ -27,7 +27,7 @@ from nvdata.fsutil import staged_dir
 from nvdata.paths import sample_mirror_dir
 from nvdata.recipe import Recipe
 from nvdata.registry import SourceEntry, load_registry
-from nvdata.sources import RawSource, download_source
+from nvdata.sources import RawSource, download_source, obtainable
 
 STAGES = ("download", "decontaminate", "format", "mine", "write")
 # Canonical raw fields checked against the test sets, per raw table.
@@ -63,12 +63,10 @@ class SourceResult:
     task_type: str
     raw_rows: int = 0
     decontam_dropped: int = 0
-    format_dropped: int = 0
-    mine_dropped: int = 0
     rows: int = 0
     mean_negatives: float = 0.0
     rows_file: Path | None = None
-    cached: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # per-stage counts and reports
 
 
 @dataclass
@@ -147,14 +145,13 @@ def _decontaminate(raw: RawSource, entry: SourceEntry, recipe: Recipe, index, ca
     return final, key
 
 
-def _format(entry, recipe, spec, decontam_dir: Path, dkey: str, cache: Path):
+def _format(entry, recipe, spec, clean_raw: Path, dkey: str, cache: Path, instructions_key: str):
     from nvdata.instruct import format_source
 
-    key = key_of(dkey, recipe.format.to_dict(), _instructions_hash(), recipe.seed, spec.max_rows)
+    key = key_of(dkey, recipe.format.to_dict(), instructions_key, recipe.seed, spec.max_rows)
     with stage_folder(cache, "format", entry.name, key) as (final, tmp):
         if tmp is not None:
-            name = "pairs.parquet" if entry.task_type == "retrieval" else "data.parquet"
-            raw = pq.read_table(decontam_dir / name)
+            raw = pq.read_table(clean_raw)
             rows, report = format_source(entry, raw, recipe.format, recipe.seed)
             capped = _cap_rows(rows, spec.max_rows, recipe.seed, entry.name)
             report = dict(report, capped=rows.num_rows - capped.num_rows)
@@ -261,7 +258,7 @@ def run_build(
     with timer("download"):
         for spec in recipe.sources:
             entry = registry[spec.name]
-            if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
+            if not obtainable(entry, mirror):
                 skipped[entry.name] = f"not publicly available: {entry.unavailable_reason}"
                 say("download", f"{entry.name}: SKIPPED ({skipped[entry.name]})")
                 continue
@@ -269,7 +266,7 @@ def run_build(
                                   limit=_min_limit(limit, spec.limit))
             raws[entry.name] = raw
             results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
-                                               cached={"download": raw.cached})
+                                               details={"download_cached": raw.cached})
             say("download", f"{entry.name}: {raw.rows} rows{' (cached)' if raw.cached else ''}")
     if not raws:
         raise NvdataError(f"recipe {recipe.name!r}: no source could be built")
@@ -288,18 +285,20 @@ def run_build(
             all_hits.extend(hits)
             main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
             results[name].decontam_dropped = counts[main_kind]["dropped"]
-            results[name].cached["decontam_counts"] = counts
+            results[name].details["decontam_counts"] = counts
             say("decontaminate", f"{name}: dropped {results[name].decontam_dropped}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
     with timer("format"):
+        instructions_key = _instructions_hash()
         for name in raws:
             d, dkey = decontam_dirs[name]
-            fdir, fkey = _format(registry[name], recipe, specs[name], d, dkey, cache)
+            fdir, fkey = _format(registry[name], recipe, specs[name], d / raws[name].data_file.name,
+                                 dkey, cache, instructions_key)
             fmt[name] = (fdir, fkey)
             rep = json.loads((fdir / "report.json").read_text())
-            results[name].cached["format_report"] = rep
+            results[name].details["format_report"] = rep
             say("format", f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
 
     # 4. mine
@@ -341,7 +340,7 @@ def run_build(
                 shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
                 in_batch_negatives=recipe.in_batch_negatives)
             decontam_summary = decontam.write_report(
-                all_hits, {n: results[n].cached["decontam_counts"] for n in raws}, tmp / "reports",
+                all_hits, {n: results[n].details["decontam_counts"] for n in raws}, tmp / "reports",
                 index=index, cfg=recipe.decontamination)
             emit.write_json(tmp / "reports" / "mining.json", mine_reports)
             manifest = {
@@ -362,7 +361,7 @@ def run_build(
                         "decontam_dropped": r.decontam_dropped,
                         "mean_negatives": round(r.mean_negatives, 4),
                         "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
-                        "format": r.cached.get("format_report"),
+                        "format": r.details.get("format_report"),
                     }
                     for r in results.values()
                 },
@@ -380,6 +379,14 @@ def run_build(
 # -- partial runs used by the CLI -------------------------------------------------------------------
 
 
+def _decontaminated_source(entry, recipe, index, cache, mirror, limit) -> Path | None:
+    """Download (cached) + decontaminate (cached) one source; None when it cannot be loaded."""
+    if not obtainable(entry, mirror):
+        return None
+    raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
+    return _decontaminate(raw, entry, recipe, index, Path(cache))[0]
+
+
 def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=None,
                               cache: Path, report_dir: Path) -> dict:
     """`nvdata decontaminate`: download (cached) + decontaminate the sources, write the report."""
@@ -392,12 +399,10 @@ def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=
     for name in wanted:
         if name not in registry:
             raise NvdataError(f"unknown source {name!r}")
-        entry = registry[name]
-        if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
-            continue
         spec_limit = next((s.limit for s in recipe.sources if s.name == name), None)
-        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=_min_limit(limit, spec_limit))
-        d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
+        d = _decontaminated_source(registry[name], recipe, index, cache, mirror, _min_limit(limit, spec_limit))
+        if d is None:
+            continue
         hits.extend(json.loads((d / "hits.json").read_text()))
         counts[name] = json.loads((d / "counts.json").read_text())
     return decontam.write_report(hits, counts, Path(report_dir), index=index, cfg=recipe.decontamination)
@@ -416,11 +421,9 @@ def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirro
         entry = registry[spec.name]
         if entry.task_type != "retrieval":
             continue
-        if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
-            continue
-        raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=_min_limit(limit, spec.limit))
-        d, _ = _decontaminate(raw, entry, recipe, index, Path(cache))
-        pair_files.append(d / "pairs.parquet")
+        d = _decontaminated_source(entry, recipe, index, cache, mirror, _min_limit(limit, spec.limit))
+        if d is not None:
+            pair_files.append(d / "pairs.parquet")
     if not pair_files:
         raise NvdataError(f"recipe {recipe.name!r} has no retrieval source to fine-tune the miner on")
     pairs = pa.concat_tables([pq.read_table(f, columns=["query", "positive"]) for f in pair_files])

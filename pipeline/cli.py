@@ -83,7 +83,7 @@ def download_cmd(
 ):
     """Fetch sources with datasets.load_dataset into the canonical raw Parquet cache."""
     from nvdata.registry import get_source, load_registry
-    from nvdata.sources import download_source
+    from nvdata.sources import download_source, obtainable
 
     reg = _run(load_registry)
     if recipe:
@@ -100,7 +100,7 @@ def download_cmd(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         for e in entries:
-            if not e.available and (mir is None or not (Path(mir) / e.hf_id).is_dir()):
+            if not obtainable(e, mir):
                 err.print(f"[yellow]{e.name}: not downloadable:[/] {e.unavailable_reason}")
                 failed += 1
                 continue

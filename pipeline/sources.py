@@ -247,16 +247,10 @@ def _download_beir(entry, mirror, limit, pairs_writer, corpus_writer) -> int:
     return len(qrels)
 
 
-def _label_names(entry: SourceEntry, label_col: str) -> list[str] | None:
-    if entry.label_names:
-        return list(entry.label_names)
-    return None
-
-
 def _map_classification(entry, batches) -> Iterator[pa.Table]:
     tcol, lcol = entry.columns["text"], entry.columns["label"]
     ltcol = entry.columns.get("label_text")
-    names = _label_names(entry, lcol)
+    names = entry.label_names
     row = 0
     for b in batches:
         texts, labels = _column(b, tcol, entry, "text"), _column(b, lcol, entry, "label")
@@ -367,6 +361,11 @@ def download_key(entry: SourceEntry, mirror: Path | None, limit: int | None) -> 
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
+def obtainable(entry: SourceEntry, mirror: Path | None) -> bool:
+    """Whether the source can be loaded: public, or gated but present in the mirror."""
+    return entry.available or (mirror is not None and (Path(mirror) / entry.hf_id).is_dir())
+
+
 def cached_source(entry: SourceEntry, cache: Path, mirror: Path | None, limit: int | None):
     path = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
     meta = path / "meta.json"
@@ -389,7 +388,7 @@ def download_source(
 
     ``progress(n)`` is called with the number of rows written so far, after every batch.
     """
-    if not entry.available and (mirror is None or not (Path(mirror) / entry.hf_id).is_dir()):
+    if not obtainable(entry, mirror):
         raise NvdataError(f"source {entry.name!r} is not publicly available: {entry.unavailable_reason}")
     if limit is not None and limit <= 0:
         raise NvdataError(f"--limit must be positive, got {limit}")
