@@ -366,8 +366,8 @@ def obtainable(entry: SourceEntry, mirror: Path | None) -> bool:
     return entry.available or (mirror is not None and (Path(mirror) / entry.hf_id).is_dir())
 
 
-def cached_source(entry: SourceEntry, cache: Path, mirror: Path | None, limit: int | None):
-    path = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
+def _cached_source(entry: SourceEntry, path: Path) -> RawSource | None:
+    """The finished download at ``path`` (its meta.json is written last), if there is one."""
     meta = path / "meta.json"
     if meta.is_file():
         rows = json.loads(meta.read_text())["rows"]
@@ -392,11 +392,11 @@ def download_source(
         raise NvdataError(f"source {entry.name!r} is not publicly available: {entry.unavailable_reason}")
     if limit is not None and limit <= 0:
         raise NvdataError(f"--limit must be positive, got {limit}")
+    final = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
     if not force:
-        hit = cached_source(entry, cache, mirror, limit)
+        hit = _cached_source(entry, final)
         if hit is not None:
             return hit
-    final = Path(cache) / "raw" / f"{entry.name}-{download_key(entry, mirror, limit)}"
     # --force swaps the old copy out only once the new one is complete
     with staged_dir(final, prefix=f".tmp-{entry.name}-") as tmp:
         rows = _write_raw(entry, tmp, mirror, limit, progress or (lambda n: None))
