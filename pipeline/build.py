@@ -232,9 +232,12 @@ def run_build(
     limit: int | None = None,
     force: bool = False,
     cache: Path | None = None,
-    progress: Callable[[str, str], None] | None = None,
+    progress: Callable[[str, int, int, str], None] | None = None,
 ) -> BuildResult:
-    """Run the recipe end to end and publish OUT atomically; returns the manifest and stats."""
+    """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
+
+    ``progress(stage, done, total, message)`` is called after each source of each stage.
+    """
     from nvdata import decontam
     from nvdata.instruct import instruction_for_source
 
@@ -246,7 +249,7 @@ def run_build(
     cache = Path(cache or out.parent / ".nvdata-cache")
     if force and cache.exists():
         shutil.rmtree(cache)
-    say = progress or (lambda stage, msg: None)
+    say = progress or (lambda stage, done, total, msg: None)
     timer = _Timer()
     registry = load_registry()
     results: dict[str, SourceResult] = {}
@@ -256,18 +259,19 @@ def run_build(
     # 1. download
     raws: dict[str, RawSource] = {}
     with timer("download"):
-        for spec in recipe.sources:
+        for done, spec in enumerate(recipe.sources, 1):
             entry = registry[spec.name]
             if not obtainable(entry, mirror):
                 skipped[entry.name] = f"not publicly available: {entry.unavailable_reason}"
-                say("download", f"{entry.name}: SKIPPED ({skipped[entry.name]})")
+                say("download", done, len(recipe.sources), f"{entry.name}: SKIPPED ({skipped[entry.name]})")
                 continue
             raw = download_source(entry, cache=cache, mirror=mirror,
                                   limit=_min_limit(limit, spec.limit))
             raws[entry.name] = raw
             results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
                                                details={"download_cached": raw.cached})
-            say("download", f"{entry.name}: {raw.rows} rows{' (cached)' if raw.cached else ''}")
+            say("download", done, len(recipe.sources),
+                f"{entry.name}: {raw.rows} rows{' (cached)' if raw.cached else ''}")
     if not raws:
         raise NvdataError(f"recipe {recipe.name!r}: no source could be built")
 
@@ -277,7 +281,7 @@ def run_build(
     with timer("decontaminate"):
         index = decontam.build_test_index(recipe.decontamination, mirror=mirror,
                                           cache_dir=cache / "test-index")
-        for name, raw in raws.items():
+        for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = _decontaminate(raw, registry[name], recipe, index, cache)
             decontam_dirs[name] = (d, dkey)
             hits = json.loads((d / "hits.json").read_text())
@@ -286,27 +290,27 @@ def run_build(
             main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
-            say("decontaminate", f"{name}: dropped {results[name].decontam_dropped}")
+            say("decontaminate", done, len(raws), f"{name}: dropped {results[name].decontam_dropped}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
     with timer("format"):
         instructions_key = _instructions_hash()
-        for name in raws:
+        for done, name in enumerate(raws, 1):
             d, dkey = decontam_dirs[name]
             fdir, fkey = _format(registry[name], recipe, specs[name], d / raws[name].data_file.name,
                                  dkey, cache, instructions_key)
             fmt[name] = (fdir, fkey)
             rep = json.loads((fdir / "report.json").read_text())
             results[name].details["format_report"] = rep
-            say("format", f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
+            say("format", done, len(raws), f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
 
     # 4. mine
     mine_reports: dict[str, dict] = {}
     sts_names = [n for n in raws if registry[n].task_type == "sts"]
     with timer("mine"):
         lazy_encoder = None
-        for name in raws:
+        for done, name in enumerate(raws, 1):
             entry = registry[name]
             fdir, fkey = fmt[name]
             if entry.task_type == "retrieval":
@@ -329,7 +333,7 @@ def run_build(
             r.rows = len(negs)
             lens = pa.compute.list_value_length(negs).to_numpy(zero_copy_only=False)
             r.mean_negatives = float(lens.mean()) if len(lens) else 0.0
-            say("mine", f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
+            say("mine", done, len(raws), f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
 
     # 5. write
     with timer("write"):
@@ -372,7 +376,7 @@ def run_build(
             (tmp / "README.md").write_text(
                 emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
-    say("write", f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
+    say("write", 1, 1, f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
     return BuildResult(out, manifest, list(results.values()), timer.t, skipped)
 
 

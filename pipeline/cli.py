@@ -208,11 +208,22 @@ def build_cmd(
     from nvdata.build import run_build
     from nvdata.recipe import load_recipe
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     rec = _run(load_recipe, recipe)
     out = out or Path(rec.output.dir)
-    res = _run(run_build, rec, out=out, mirror=mirror, sample=sample, encoder=encoder, device=device,
-               limit=limit, force=force, cache=cache,
-               progress=lambda stage, msg: console.print(f"[dim]{stage:>13}[/] {msg}"))
+    columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        bars: dict[str, int] = {}  # one bar per stage, started when the stage reports first
+
+        def on_progress(stage: str, done: int, total: int, msg: str) -> None:
+            if stage not in bars:
+                bars[stage] = bar.add_task(stage, total=total)
+            bar.update(bars[stage], completed=done, total=total)
+            bar.console.print(f"[dim]{stage:>13}[/] {msg}")
+
+        res = _run(run_build, rec, out=out, mirror=mirror, sample=sample, encoder=encoder, device=device,
+                   limit=limit, force=force, cache=cache, progress=on_progress)
     t = Table(title=f"nvdata build: {rec.name}")
     for col in ("source", "task type", "raw rows", "dropped (decontam)", "rows out", "negatives/row"):
         t.add_column(col, justify="right" if col not in ("source", "task type") else "left")
