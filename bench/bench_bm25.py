@@ -152,7 +152,7 @@ def bench_size(n_texts: int, n_sample: int, seed: int) -> dict:
     # The engine's index build alone (also inside engine_s), to split build from queries.
     pool = build_sts_pool(source, [raw])
     t0 = time.perf_counter()
-    index = OkapiIndex([tokenize(t) for t in pool.texts], cfg.k1, cfg.b, cfg.epsilon)
+    OkapiIndex([tokenize(t) for t in pool.texts], cfg.k1, cfg.b, cfg.epsilon)
     engine_build_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()

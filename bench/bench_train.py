@@ -156,6 +156,11 @@ def load_eval(path: str):
     return eval_set([(tuple(x), v, tuple(y)) for x, v, y in json.loads(Path(path).read_text())])
 
 
+def _recall_of(model, queries, gold, docs) -> dict:
+    return recall(lambda x: model.encode(x, instruction=INSTRUCTION, batch_size=128),
+                  lambda x: model.encode(x, batch_size=128), queries, gold, docs)
+
+
 def worker_ours(a) -> dict:
     from nvdata.train import TrainConfig, load_model, train
     from nvdata.train.model import build_model
@@ -164,10 +169,7 @@ def worker_ours(a) -> dict:
     kw = dict(device=a.device, max_length=a.max_length)
     if a.decoder:
         kw.update(latents=a.latents)
-    base = build_model(a.model, **kw)
-    before = recall(lambda x: base.encode(x, instruction=INSTRUCTION, batch_size=128),
-                    lambda x: base.encode(x, batch_size=128), queries, gold, docs)
-    del base
+    before = _recall_of(build_model(a.model, **kw), queries, gold, docs)  # the untrained model, then freed
     cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=0, temperature=a.temperature,
                       grad_cache=a.grad_cache, gradient_checkpointing=a.gradient_checkpointing, save_every=0,
                       max_length=a.max_length, batch_mode="mixed", latents=a.latents, seed=a.seed,
@@ -179,8 +181,7 @@ def worker_ours(a) -> dict:
     s = train(cfg, data_dir=Path(a.build), model=a.model, out=Path(a.out) / "ours", device=a.device)
     mem = peak_memory(a.device)
     trained = load_model(Path(a.out) / "ours", device=a.device, base_model=a.model)
-    after = recall(lambda x: trained.encode(x, instruction=INSTRUCTION, batch_size=128),
-                   lambda x: trained.encode(x, batch_size=128), queries, gold, docs)
+    after = _recall_of(trained, queries, gold, docs)
     return {"rows_per_s": a.steps * a.batch_size / s["elapsed_s"], "tokens_per_s": s["tokens_per_s"],
             "train_s": s["elapsed_s"], "first_loss": s["first_loss"], "last_loss": s["last_loss"],
             "trainable_parameters": s["trainable_parameters"], "recall_before": before, "recall_after": after, **mem}

@@ -245,6 +245,7 @@ def run_build(
         raise NvdataError("give either --mirror or --sample, not both")
     if sample:
         mirror = sample_mirror_dir()
+    encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
     cache = Path(cache or out.parent / ".nvdata-cache")
     if force and cache.exists():
@@ -431,5 +432,6 @@ def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirro
     if not pair_files:
         raise NvdataError(f"recipe {recipe.name!r} has no retrieval source to fine-tune the miner on")
     pairs = pa.concat_tables([pq.read_table(f, columns=["query", "positive"]) for f in pair_files])
+    encoder = encoder if encoder is not None else recipe.encoder
     return finetune_miner(pairs, encoder=encoder, out_dir=Path(out), epochs=epochs,
                           batch_size=batch_size, device=device, seed=recipe.seed)

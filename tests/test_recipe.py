@@ -43,6 +43,8 @@ BASE = {"name": "t", "stage": 2, "sources": ["banking77", "sts12"]}
         ({"mining": {"dense": {"num_negatives": "many"}}}, "mining.dense.num_negatives"),
         ({"mining": {"dense": {"bogus": 1}}}, "mining.dense.bogus"),
         ({"mining": {"bm25": {"k1": "x"}}}, "mining.bm25.k1"),
+        ({"mining": {"dense": {"encoder": 3}}}, "mining.dense.encoder"),
+        ({"mining": {"dense": {"encoder": " "}}}, "mining.dense.encoder"),
         ({"mining": {"sparse": {}}}, "mining.sparse"),
         ({"format": {"classification_mode": "vibes"}}, "format.classification_mode"),
         ({"decontamination": {"ngram_n": "x"}}, "decontamination.ngram_n"),

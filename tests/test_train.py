@@ -306,7 +306,7 @@ def test_minilm_trains_and_its_loss_falls(tmp_path, minilm):
 def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     build = write_build(tmp_path / "build", role_rows(20, seed=6))
     base = dict(batch_size=6, lr=5e-5, warmup=0, lr_schedule="constant", save_every=2, max_length=48, shuffle_buffer=8, batch_mode="mixed")
-    straight = train(TrainConfig(max_steps=4, **base), data_dir=build, model=MINILM, out=tmp_path / "a", device="cpu")
+    train(TrainConfig(max_steps=4, **base), data_dir=build, model=MINILM, out=tmp_path / "a", device="cpu")
     first = train(TrainConfig(max_steps=2, **base), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
     assert first["steps"] == 2
     resumed = train(TrainConfig(max_steps=4, **base), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
