@@ -298,6 +298,28 @@ def test_fast_ascii_hash_equals_text_hash():
     assert hash_code(TRIVIAL_COPY) == hash_code(TOPICS["bees"][0])
 
 
+def test_bf16_encoder_with_tokenizer_threads_and_torch_search_agrees_with_fp32(world, encoder, tmp_path):
+    # The GPU configuration (bf16, tokenizer workers, torch search) minus the device itself,
+    # so its dtype and threading paths run on every CI machine.
+    half = load_encoder(None, device="cpu", dtype="bfloat16")
+    assert half.dtype == torch.bfloat16 and half.identity != encoder.identity  # separate cache entries
+    texts = [t for ts in TOPICS.values() for t in ts]
+    emb = encode_texts(half, texts, batch_size=4, num_workers=2)
+    assert emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(emb, encode_texts(encoder, texts), atol=3e-2)
+    fp32_rows, _ = _mine(world, encoder, tmp_path / "fp32")
+    bf16_rows, report = _mine(world, half, tmp_path / "bf16", backend="torch", num_workers=2)
+    assert report["search"]["backend"] == "torch" and report["encode"]["workers"] == 2
+    same = sum(
+        len(set(a) & set(b))
+        for a, b in zip(fp32_rows.column("negatives").to_pylist(), bf16_rows.column("negatives").to_pylist())
+    )
+    assert same >= 0.9 * 3 * fp32_rows.num_rows
+    near = _row(bf16_rows, QUERIES["eiffel"])
+    assert NEAR_DUPLICATE not in near["negatives"]  # the margin filter still holds in bf16
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_bf16_mining_agrees_with_cpu(world, encoder, tmp_path):
     gpu = load_encoder(None, device="cuda")  # bf16, tokenizer workers, pinned async copies

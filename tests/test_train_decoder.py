@@ -225,3 +225,34 @@ def test_two_stages_train_save_load_and_resume(tmp_path, decoder_dir):
     assert r["resumed_from"] and r["steps_this_run"] == 2
     resumed = [json.loads(x)["loss"] for x in (tmp_path / "o3" / "metrics.jsonl").read_text().splitlines()]
     assert resumed == pytest.approx([m["loss"] for m in metrics], rel=1e-4, abs=1e-6)
+
+
+def test_bf16_lora_path_trains_saves_and_loads(tmp_path, decoder_dir):
+    # The CUDA configuration (frozen base in bf16, fp32 LoRA and latent attention, bf16
+    # autocast) forced on the CPU, so that path runs on every CI machine.
+    m = build_model(decoder_dir, bf16=True, **SMALL)
+    params = dict(m.named_parameters())
+    assert params[next(n for n in params if n.endswith("q_proj.base_layer.weight"))].dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in m.parameters() if p.requires_grad)
+    feats = m.tokenize(["the cat chases the cow", "the owl bites the duck"], [INSTRUCTION, None])
+    out = m(feats)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
+
+    build = write_build(tmp_path / "b", role_rows(12, seed=1))
+    common = dict(batch_size=4, lr=1e-3, warmup=0, lr_schedule="constant", latents=16, heads=4,
+                  latent_mlp_ratio=2, max_length=64, shuffle_buffer=4, max_steps=3, save_every=0)
+    half = train(TrainConfig(bf16=True, **common), data_dir=build, model=decoder_dir, out=tmp_path / "bf16", device="cpu")
+    full = train(TrainConfig(**common), data_dir=build, model=decoder_dir, out=tmp_path / "fp32", device="cpu")
+    assert half["first_loss"] == pytest.approx(full["first_loss"], rel=0.05)
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "bf16" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
+
+    import nvdata
+
+    texts = ["the cow is chased by the cat", "the duck bites the owl"]
+    as_fp32 = nvdata.load_model(tmp_path / "bf16", device="cpu").encode(texts)
+    as_bf16 = nvdata.load_model(tmp_path / "bf16", device="cpu", bf16=True).encode(texts)
+    assert as_bf16.dtype == as_fp32.dtype
+    assert torch.allclose(torch.from_numpy(as_bf16), torch.from_numpy(as_fp32), atol=5e-2)

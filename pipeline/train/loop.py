@@ -85,7 +85,7 @@ class TrainConfig:
     seed: int = 42
     save_every: int = 1000  # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
-    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    bf16: bool | None = None  # None: bf16 on CUDA only; true: on CPU too (checks that path, slowly); false: never
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

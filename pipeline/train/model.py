@@ -250,10 +250,9 @@ class EmbeddingModel(nn.Module):
         return {k: v.to(self.device) for k, v in feats.items()}
 
     def _autocast(self):
-        dev = self.device
-        if self.autocast_dtype is None or dev.type != "cuda":
+        if self.autocast_dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=dev.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def hidden_states(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.backbone(input_ids=features["input_ids"], attention_mask=features["attention_mask"])
@@ -421,7 +420,7 @@ def build_model(
     latent_mlp_ratio: int = 4,
     max_length: int = 512,
     device: str = "cpu",
-    bf16: bool = True,
+    bf16: bool | None = None,
     gradient_checkpointing: bool = False,
     attn_implementation: str | None = None,
 ) -> EmbeddingModel:
@@ -432,9 +431,10 @@ def build_model(
     With ``init`` (a folder written by ``nvdata train``) the weights, pooling and adapters come
     from that checkpoint, still trainable; ``model`` names the base for LoRA checkpoints.
     """
-    on_cuda = str(device).startswith("cuda")
+    half = use_bf16(device, bf16)
     if init is not None:
-        emb = load_model(init, device=device, base_model=model, trainable=True, attn_implementation=attn_implementation)
+        emb = load_model(init, device=device, base_model=model, trainable=True, bf16=half,
+                         attn_implementation=attn_implementation)
         meta = emb.meta
         if pooling not in ("auto", meta["pooling"]):
             raise NvdataError(f"train.pooling: {pooling!r} but --init {init} was trained with {meta['pooling']!r}")
@@ -458,9 +458,9 @@ def build_model(
             emb_dim = st.get_embedding_dimension() or hidden
         else:
             st, post = None, ()
-            # LoRA leaves the base frozen, so on CUDA it can sit in bf16; full fine-tuning keeps
-            # float32 master weights and runs the matmuls under bf16 autocast.
-            dtype = torch.bfloat16 if (on_cuda and bf16 and mode == "lora") else torch.float32
+            # LoRA leaves the base frozen, so it can sit in bf16; full fine-tuning keeps float32
+            # master weights and runs the matmuls under bf16 autocast.
+            dtype = torch.bfloat16 if (half and mode == "lora") else torch.float32
             backbone = _load_backbone(hf_path, dtype=dtype, attn_implementation=attn_implementation)
             tokenizer = _load_tokenizer(hf_path, decoder=probe_decoder)
             hidden = int(backbone.config.hidden_size)
@@ -495,10 +495,15 @@ def build_model(
     emb.meta["max_length"] = int(max_length)
     if emb._st[0] is not None:
         emb._st[0][0].max_seq_length = int(max_length)
-    emb.autocast_dtype = torch.bfloat16 if (on_cuda and bf16) else None
+    emb.autocast_dtype = torch.bfloat16 if half else None
     emb.to(device)
     emb.train()
     return emb
+
+
+def use_bf16(device: str | torch.device, bf16: bool | None) -> bool:
+    """bf16 (frozen LoRA base in bf16, matmuls under autocast): by default on CUDA only."""
+    return bool(bf16) if bf16 is not None else str(device).startswith("cuda")
 
 
 def _enable_checkpointing(backbone) -> None:
@@ -553,6 +558,7 @@ def load_model(
     *,
     base_model: str | None = None,
     trainable: bool = False,
+    bf16: bool | None = None,
     attn_implementation: str | None = None,
 ) -> EmbeddingModel:
     """Load a folder written by ``nvdata train`` (or any SentenceTransformer folder).
@@ -561,7 +567,8 @@ def load_model(
     ``nvdata_model.json``, ``tokenizer/``, ``pooler.safetensors`` (latent attention) and either
     ``adapter/`` (LoRA; the base model named in the json, or ``base_model``, is loaded under it)
     or ``backbone/`` (full weights). The causal mask is removed again on load.
-    Returns an :class:`EmbeddingModel` in eval mode (train mode with ``trainable=True``).
+    Returns an :class:`EmbeddingModel` in eval mode (train mode with ``trainable=True``);
+    ``bf16`` as in :func:`use_bf16` (default: on CUDA only).
     """
     path = Path(path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -587,7 +594,6 @@ def load_model(
         model = EmbeddingModel(backbone, st[0].tokenizer, pooler, meta=meta, st_model=st, post_modules=post)
     else:
         decoder = meta["kind"] == "decoder"
-        on_cuda = str(device).startswith("cuda")
         tokenizer = _load_tokenizer(path / "tokenizer", decoder=decoder)
         if meta["weights"] == "lora":
             from peft import PeftModel
@@ -595,7 +601,7 @@ def load_model(
             base = base_model or meta["base_model"]  # an explicit base wins: recorded paths move
             if base_model and str(base_model) != meta["base_model"]:
                 log.warning("%s: LoRA adapter trained on %s, loading it on %s", path, meta["base_model"], base_model)
-            dtype = torch.bfloat16 if on_cuda else torch.float32
+            dtype = torch.bfloat16 if use_bf16(device, bf16) else torch.float32
             backbone = _load_backbone(_transformer_path(base), dtype=dtype, attn_implementation=attn_implementation)
             if decoder:
                 make_bidirectional(backbone)
@@ -615,7 +621,7 @@ def load_model(
         else:
             pooler = MeanPooling()
         model = EmbeddingModel(backbone, tokenizer, pooler, meta=meta)
-    model.autocast_dtype = torch.bfloat16 if str(device).startswith("cuda") else None
+    model.autocast_dtype = torch.bfloat16 if use_bf16(device, bf16) else None
     model.to(device)
     if not trainable:
         model.eval()
