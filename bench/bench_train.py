@@ -12,6 +12,7 @@ training rows and held-out queries. The held-out corpus holds ~36 confusable sen
 far from perfect before training (MiniLM: recall@10 ~0.87, recall@1 ~0.1).
 
     python bench/bench_train.py --small                       # 2-core CPU, MiniLM, minutes
+    python bench/bench_train.py --small --decoder small       # 2-core CPU, ~11M random Mistral + LoRA
     python bench/bench_train.py --device cuda                 # H100: larger build, MiniLM
     python bench/bench_train.py --device cuda --decoder 1b    # ~1B random Mistral + LoRA + latent attention
 """
@@ -41,6 +42,7 @@ VERBS = [("pursues", "chased"), ("nips", "bitten"), ("observes", "watched"), ("t
 INSTRUCTION = "Given a sentence, retrieve the sentence that means the same"
 DECODERS = {  # random Mistral shapes; vocab comes from the MiniLM tokenizer (30522)
     "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4),
     "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=20, num_attention_heads=16, num_key_value_heads=8),
 }
 
