@@ -18,6 +18,11 @@ def test_builtin_recipes_load_and_match_the_paper_stages(registry):
     assert s2.format.to_dict()["classification_mode"] == "label"
     assert v2.format.to_dict()["classification_mode"] == "example"
     assert s1.config_hash() != s2.config_hash()
+    from nvdata.train import TrainConfig
+
+    # stage 2 blends tasks in each batch (the paper, section 2.2); stage 1 keeps sources apart
+    assert TrainConfig.from_dict(s1.train).batch_mode == "source"
+    assert TrainConfig.from_dict(s2.train).batch_mode == TrainConfig.from_dict(v2.train).batch_mode == "mixed"
 
 
 def _write(tmp_path, doc):
