@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,9 +117,10 @@ class _IndexBuilder:
         self.cfg = cfg
         self.out = out
         self.hasher = WindowHasher()
-        self.parts: dict[str, list[np.ndarray]] = {
-            k: [] for k in ("exact_k", "exact_i", "ngram_k", "ngram_i", "short_k", "short_i", "shingles", "band_k", "band_i")
-        }
+        # Keys go to disk as they are made, split by their top bits (see _BucketSpill); the
+        # MinHash bands (a few per text, not per word) stay in memory.
+        self.spills = {name: _BucketSpill(out / "spill", name) for name in ("exact", "ngram", "short", "shingles")}
+        self.parts: dict[str, list[np.ndarray]] = {"band_k": [], "band_i": []}
         self.short_lengths: set[int] = set()
         self.seen: dict[int, set[int]] = {}  # per task: exact keys of the texts indexed
         self.item_task: list[np.ndarray] = []
@@ -178,18 +180,16 @@ class _IndexBuilder:
             return item_of[tb.parent[starts]] >= 0
 
         lengths = tb.lengths
-        self.parts["exact_k"].append(whole)
-        self.parts["exact_i"].append(item_of[idx].astype(np.uint32))
+        self.spills["exact"].add(whole, item_of[idx].astype(np.uint32))
         if "ngram" in cfg.methods:
             starts, keys = self.hasher.windows(tb, s, cfg.ngram_n)
             k = indexed(starts)
-            self.parts["ngram_k"].append(keys[k])
-            self.parts["ngram_i"].append(item_of[tb.parent[starts[k]]].astype(np.uint32))
+            self.spills["ngram"].add(keys[k], item_of[tb.parent[starts[k]]].astype(np.uint32))
             # Shorter texts are keyed by their first min_ngram_words words: one window size to
             # scan for all of them; the scanner confirms the rest of the text on the strings.
             short = idx[(lengths[idx] >= cfg.min_ngram_words) & (lengths[idx] < cfg.ngram_n)]
-            self.parts["short_k"].append(self.hasher.at(s, tb.offsets[short], cfg.min_ngram_words))
-            self.parts["short_i"].append(item_of[short].astype(np.uint32))
+            self.spills["short"].add(self.hasher.at(s, tb.offsets[short], cfg.min_ngram_words),
+                                     item_of[short].astype(np.uint32))
             self.short_lengths.update(int(x) for x in np.unique(lengths[short]))
         if "near_dup" in cfg.methods:
             starts, shingles = self.hasher.windows(tb, s, cfg.shingle_size)
@@ -201,7 +201,7 @@ class _IndexBuilder:
                 sig = minhash_signatures(shingles, first, self.perm)
                 self.parts["band_k"].append(band_keys(sig, self.bands, self.rows))
                 self.parts["band_i"].append(item_of[owner[first]].astype(np.uint32))
-                self.parts["shingles"].append(np.unique(shingles))
+                self.spills["shingles"].add(np.unique(shingles))
 
     def _flush_items(self, final: bool = False) -> None:
         while len(self._pending) >= ITEMS_PER_BATCH or (final and self._pending):
@@ -215,26 +215,15 @@ class _IndexBuilder:
         parts = self.parts[name]
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
-    def _save_table(self, name: str, item_task: np.ndarray) -> None:
-        keys, items = self._cat(f"{name}_k", np.uint64), self._cat(f"{name}_i", np.uint32)
-        self.parts[f"{name}_k"], self.parts[f"{name}_i"] = [], []
-        keys, items = first_item_per_task(keys, items, item_task)
-        np.save(self.out / f"{name}_keys.npy", keys)
-        np.save(self.out / f"{name}_items.npy", items)
-        if name in ("ngram", "short"):
-            bits = np.zeros(bloom_size(len(keys)), np.uint8)
-            bloom_add(bits, keys)
-            np.save(self.out / f"{name}_bloom.npy", bits)
 
     def _finish(self, specs: list[TestSetSpec], per_set: dict) -> None:
         item_task = np.concatenate(self.item_task) if self.item_task else np.zeros(0, np.uint16)
         np.save(self.out / "item_task.npy", item_task)
+        sizes = {}
         for name in ("exact", "ngram", "short"):
-            self._save_table(name, item_task)
-        shingles = np.unique(self._cat("shingles", np.uint64))
-        bits = np.zeros(bloom_size(len(shingles)), np.uint8)
-        bloom_add(bits, shingles)
-        np.save(self.out / "shingle_bloom.npy", bits)
+            sizes[name] = write_table(self.spills[name], item_task, self.out, name, bloom=name != "exact")
+        sizes["shingles"] = write_key_bloom(self.spills["shingles"], self.out / "shingle_bloom.npy")
+        shutil.rmtree(self.out / "spill", ignore_errors=True)
         bk = np.concatenate(self.parts["band_k"], axis=1) if self.parts["band_k"] else np.zeros((self.bands, 0), np.uint64)
         bi = self._cat("band_i", np.uint32)
         order = np.argsort(bk, axis=1, kind="stable")
@@ -246,15 +235,104 @@ class _IndexBuilder:
             "n_items": int(self.n_items),
             "short_lengths": sorted(self.short_lengths),
             "lsh": {"bands": int(self.bands), "rows": int(self.rows)},
-            "sizes": {
-                "exact": int(np.load(self.out / "exact_keys.npy", mmap_mode="r").shape[0]),
-                "ngram": int(np.load(self.out / "ngram_keys.npy", mmap_mode="r").shape[0]),
-                "short": int(np.load(self.out / "short_keys.npy", mmap_mode="r").shape[0]),
-                "shingles": int(len(shingles)),
-                "minhash_texts": int(len(bi)),
-            },
+            "sizes": {**sizes, "minhash_texts": int(len(bi))},
         }
         (self.out / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
+class _BucketSpill:
+    """Keys (and their items) appended to disk as they are made, split by the key's top bits.
+
+    The buckets cut the key space into ordered ranges, so each can be sorted on its own and
+    the sorted buckets laid end to end are sorted: the finished tables are built one bucket at
+    a time, and the build holds one bucket in memory, not every n-gram of the test sets.
+    Within a bucket, pairs keep the order they were added in (items increase).
+    """
+
+    BITS = 6  # 64 buckets
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.dir = Path(root) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, bucket: int, kind: str) -> Path:
+        return self.dir / f"{bucket:02d}.{kind}"
+
+    def add(self, keys: np.ndarray, items: np.ndarray | None = None) -> None:
+        if not len(keys):
+            return
+        keys = np.asarray(keys, np.uint64)
+        bucket = (keys >> np.uint64(64 - self.BITS)).astype(np.intp)
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange((1 << self.BITS) + 1))
+        keys = keys[order]
+        items = None if items is None else np.asarray(items, np.uint32)[order]
+        for b in np.flatnonzero(np.diff(bounds)).tolist():
+            lo, hi = bounds[b], bounds[b + 1]
+            with open(self._file(b, "keys"), "ab") as f:
+                keys[lo:hi].tofile(f)
+            if items is not None:
+                with open(self._file(b, "items"), "ab") as f:
+                    items[lo:hi].tofile(f)
+
+    def buckets(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """Each non-empty bucket's ``(keys, items)``, in key order of the buckets."""
+        for b in range(1 << self.BITS):
+            path = self._file(b, "keys")
+            if path.exists():
+                items = self._file(b, "items")
+                yield np.fromfile(path, np.uint64), (np.fromfile(items, np.uint32) if items.exists() else None)
+
+
+def _npy_from_raw(raw: Path, dest: Path, dtype, n: int) -> None:
+    """Wrap a raw little-endian array file in an ``.npy`` header, streaming (no copy in memory)."""
+    with open(dest, "wb") as out, open(raw, "rb") as src:
+        np.lib.format.write_array_header_1_0(
+            out, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
+        )
+        shutil.copyfileobj(src, out, 1 << 24)
+    raw.unlink()
+
+
+def _bloom_of(keys_npy: Path, n: int, dest: Path) -> None:
+    bits = np.zeros(bloom_size(n), np.uint8)
+    keys = np.load(keys_npy, mmap_mode="r")
+    for start in range(0, n, 1 << 22):
+        bloom_add(bits, np.asarray(keys[start : start + (1 << 22)]))
+    np.save(dest, bits)
+
+
+def write_table(spill: _BucketSpill, item_task: np.ndarray, out: Path, name: str, *, bloom: bool) -> int:
+    """``{name}_keys.npy`` / ``{name}_items.npy`` (sorted, first item per task) and the Bloom
+    filter over the keys, from a spill, one bucket at a time. Returns the number of keys."""
+    n = 0
+    with open(out / f"{name}_keys.raw", "wb") as fk, open(out / f"{name}_items.raw", "wb") as fi:
+        for keys, items in spill.buckets():
+            keys, items = first_item_per_task(keys, items, item_task)
+            keys.tofile(fk)
+            items.tofile(fi)
+            n += len(keys)
+    _npy_from_raw(out / f"{name}_keys.raw", out / f"{name}_keys.npy", np.uint64, n)
+    _npy_from_raw(out / f"{name}_items.raw", out / f"{name}_items.npy", np.uint32, n)
+    if bloom:
+        _bloom_of(out / f"{name}_keys.npy", n, out / f"{name}_bloom.npy")
+    return n
+
+
+def write_key_bloom(spill: _BucketSpill, dest: Path) -> int:
+    """A Bloom filter of the spill's distinct keys (shingles: only membership is ever asked)."""
+    raw = dest.with_suffix(".keys.raw")
+    n = 0
+    with open(raw, "wb") as f:
+        for keys, _ in spill.buckets():
+            keys = np.unique(keys)
+            keys.tofile(f)
+            n += len(keys)
+    npy = dest.with_suffix(".keys.npy")
+    _npy_from_raw(raw, npy, np.uint64, n)
+    _bloom_of(npy, n, dest)
+    npy.unlink()
+    return n
 
 
 def first_item_per_task(keys: np.ndarray, items: np.ndarray, item_task: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,37 @@ def test_minhash_signatures_equal_datasketch():
 
 
 # -- config -------------------------------------------------------------------------------------
+def test_index_tables_built_bucket_by_bucket_equal_the_in_memory_sort(tmp_path):
+    # The index build spills keys to disk by their top bits and sorts one bucket at a time, so
+    # it never holds every n-gram of the test sets; the result must equal one global sort.
+    from nvdata.decontam_index import _BucketSpill, first_item_per_task, write_key_bloom, write_table
+    from nvdata.decontam_text import bloom_test
+
+    rng = np.random.default_rng(0)
+    item_task = rng.integers(0, 3, 5000).astype(np.uint16)
+    spill, plain = _BucketSpill(tmp_path / "spill", "ngram"), _BucketSpill(tmp_path / "spill", "shingles")
+    all_k, all_i, start = [], [], 0
+    for _ in range(7):  # items arrive in increasing order, keys repeat across and within adds
+        n = int(rng.integers(0, 900))
+        keys = rng.choice(np.r_[rng.integers(0, 2**64, 300, dtype=np.uint64), np.arange(40, dtype=np.uint64)], n)
+        items = np.sort(rng.integers(start, start + 700, n)).astype(np.uint32)
+        start += 700
+        spill.add(keys, items)
+        plain.add(keys)
+        all_k.append(keys)
+        all_i.append(items)
+    want_k, want_i = first_item_per_task(np.concatenate(all_k), np.concatenate(all_i), item_task)
+    n = write_table(spill, item_task, tmp_path, "ngram", bloom=True)
+    assert n == len(want_k)
+    assert np.array_equal(np.load(tmp_path / "ngram_keys.npy"), want_k)
+    assert np.array_equal(np.load(tmp_path / "ngram_items.npy"), want_i)
+    assert bloom_test(np.load(tmp_path / "ngram_bloom.npy"), want_k).all()
+    assert write_key_bloom(plain, tmp_path / "shingle_bloom.npy") == len(np.unique(np.concatenate(all_k)))
+    assert bloom_test(np.load(tmp_path / "shingle_bloom.npy"), np.concatenate(all_k)).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ngram_bloom.npy", "ngram_items.npy", "ngram_keys.npy",
+                                                          "shingle_bloom.npy", "spill"]
+
+
 def test_config_defaults_roundtrip_and_errors_name_the_key():
     cfg = DecontamConfig()
     assert (cfg.ngram_n, cfg.min_ngram_words, cfg.minhash_threshold, cfg.shingle_size) == (13, 8, 0.8, 5)
