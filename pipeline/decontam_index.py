@@ -215,7 +215,6 @@ class _IndexBuilder:
         parts = self.parts[name]
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
 
-
     def _finish(self, specs: list[TestSetSpec], per_set: dict) -> None:
         item_task = np.concatenate(self.item_task) if self.item_task else np.zeros(0, np.uint16)
         np.save(self.out / "item_task.npy", item_task)
