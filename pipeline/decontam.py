@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from nvdata.decontam_index import TestIndex, build_test_index
 from nvdata.decontam_match import METHODS, Matcher
 from nvdata.decontam_report import summarize, write_report
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import sha256_file
 
 __all__ = [
@@ -74,9 +74,7 @@ class DecontamConfig:
     def from_dict(cls, d: dict | None, where: str = "decontam") -> DecontamConfig:
         d = dict(d or {})
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise NvdataError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(known)})")
+        reject_unknown_keys(d, known, where)
         values = {}
         for k, v in d.items():
             default = known[k].default

@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import labels as lab
 from nvdata.registry import SourceEntry
 from nvdata.schema import FORMATTED
@@ -278,10 +278,7 @@ class FormatConfig:
     def from_dict(cls, d: Mapping | None, where: str = "format") -> FormatConfig:
         """Build from a recipe's ``format:`` mapping; a bad key or value names ``where.key``."""
         d = dict(d or {})
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise NvdataError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(names)})")
+        reject_unknown_keys(d, (f.name for f in fields(cls)), where)
         try:
             return cls(**d)
         except NvdataError as e:  # re-anchor the message at the recipe's key

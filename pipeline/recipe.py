@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.paths import data_dir
 from nvdata.registry import SourceEntry, load_registry
 
@@ -99,9 +99,7 @@ def _mapping(value, where: str, allowed: set[str] | None = None) -> dict:
     if not isinstance(value, dict):
         raise NvdataError(f"recipe key {where}: expected a mapping, got {type(value).__name__}")
     if allowed is not None:
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise NvdataError(f"recipe key {where}.{unknown[0]}: unknown key (allowed: {sorted(allowed)})")
+        reject_unknown_keys(value, allowed, f"recipe key {where}")
     return value
 
 

@@ -59,7 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nvdata import schema
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine.okapi import TOKEN_PATTERN, OkapiIndex, Tokenizer, ranked_prefixes, stable_ranking
 from nvdata.text import normalize_text
 
@@ -105,10 +105,7 @@ class BM25Config:
     def from_dict(cls, d: Mapping, where: str = "mining.bm25") -> BM25Config:
         if not isinstance(d, Mapping):
             raise NvdataError(f"{where}: expected a mapping of options, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                raise NvdataError(f"{where}.{key}: unknown option (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(d, (f.name for f in fields(cls)), where)
         cfg = cls.__new__(cls)  # validated below under the caller's name for the options
         for f in fields(cls):
             value = d.get(f.name, f.default)

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from nvdata import schema
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import filters
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
@@ -136,10 +136,7 @@ class DenseConfig:
     def from_dict(cls, d: dict | None, where: str) -> "DenseConfig":
         """Build from a recipe mapping; unknown keys and bad values raise naming ``where.key``."""
         d = dict(d or {})
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in fields:
-                raise NvdataError(f"{where}.{key}: unknown option (known: {', '.join(sorted(fields))})")
+        reject_unknown_keys(d, (f.name for f in dataclasses.fields(cls)), where)
         try:
             cfg = object.__new__(cls)
             for f in dataclasses.fields(cls):
