@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nvdata.errors import NvdataError
+from nvdata.errors import NvdataError, reject_unknown_keys
+from nvdata.fsutil import staged_dir
 from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
 from nvdata.train.loss import InfoNCELoss, contrastive_backward
 from nvdata.train.model import build_model, count_parameters
@@ -100,10 +101,7 @@ class TrainConfig:
                 if key in d:
                     raise NvdataError(f"{where}.{alias}: give either {alias} or {key}, not both")
                 d[key] = d.pop(alias)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise NvdataError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
+        reject_unknown_keys(d, (f.name for f in dataclasses.fields(cls)), where)
         return cls(**{k: _check(k, v, where) for k, v in d.items()})
 
     def to_dict(self) -> dict:
@@ -235,15 +233,12 @@ def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: i
     """Write ``out/checkpoints/checkpoint-{step}`` atomically (a folder renamed into place)."""
     root = Path(out) / "checkpoints"
     final = root / f"checkpoint-{state['step']:07d}"
-    tmp = root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
-    torch.save(
-        {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
-        tmp / STATE_FILE,
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with staged_dir(final, prefix=f".tmp-{final.name}-") as tmp:
+        model.save(tmp)
+        torch.save(
+            {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            tmp / STATE_FILE,
+        )
     if keep:
         for old in sorted(root.glob("checkpoint-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
