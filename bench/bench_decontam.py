@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -36,6 +35,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+
+from memstat import reset_peak, rss_mib  # noqa: E402
 
 from nvdata.decontam import DecontamConfig, build_test_index, iter_decontaminate  # noqa: E402
 from nvdata.mirror import write_hub_repo  # noqa: E402
@@ -83,23 +84,6 @@ def training_batches(size: int, tests: list[str], seed: int):
             texts[i] = t.upper() if len(words) < 30 else "Intro words here. " + " ".join(words[3 : 3 + N + 2])
         yield pa.record_batch({"row_index": pa.array(np.arange(done, done + n)), "text": pa.array(texts)})
         done += n
-
-
-def _rss_mib(key: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MiB (Linux); ru_maxrss elsewhere."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return int(next(x for x in status.splitlines() if x.startswith(key + ":")).split()[1]) / 1024
-
-
-def _reset_peak() -> None:
-    """Reset ``VmHWM`` to the current RSS, so the next peak is the next step's own (Linux)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
 
 
 def _du_mib(path: Path) -> float:
@@ -178,11 +162,11 @@ def scan_child(args: argparse.Namespace, work: Path) -> dict:
     """The all-methods scan in a fresh process: its peak RSS is the scan's own (index loaded from cache)."""
     plants = json.loads((work / "plants.json").read_text())
     index = build_test_index(CFG_ALL, mirror=work / "mirror", cache_dir=work / "cache")
-    start = _rss_mib("VmRSS")
+    start = rss_mib("VmRSS")
     n, hits, seconds = nvdata_scan(training_batches(args.size, plants, 1), index, CFG_ALL)
-    return {"texts": n, "hits": hits, "seconds": seconds, "rss_at_start_mib": start, "peak_rss_mib": _rss_mib("VmHWM"),
+    return {"texts": n, "hits": hits, "seconds": seconds, "rss_at_start_mib": start, "peak_rss_mib": rss_mib("VmHWM"),
             # at the end: anonymous memory vs pages of the memory-mapped index (the kernel can drop those)
-            "rss_anon_mib": _rss_mib("RssAnon"), "rss_file_mib": _rss_mib("RssFile")}
+            "rss_anon_mib": rss_mib("RssAnon"), "rss_file_mib": rss_mib("RssFile")}
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
@@ -201,12 +185,12 @@ def run(args: argparse.Namespace, work: Path) -> None:
     (work / "plants.json").write_text(json.dumps(plants))
     if args.no_baseline:
         del tests
-    _reset_peak()
-    before = _rss_mib("VmRSS")
+    reset_peak()
+    before = rss_mib("VmRSS")
     t0 = time.perf_counter()
     index = build_test_index(CFG_ALL, mirror=work / "mirror", cache_dir=work / "cache")
     build_s = time.perf_counter() - t0
-    build_peak = _rss_mib("VmHWM") - before
+    build_peak = rss_mib("VmHWM") - before
     print(f"index: {len(index)} test texts, {index.meta['sizes']['ngram']:,} 13-grams, built in {build_s:.1f} s "
           f"(incl. mteb import); build peak {build_peak:,.0f} MiB above the process before it; "
           f"index on disk {_du_mib(index.path):,.0f} MiB")

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -45,15 +44,12 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout too
 sys.path.insert(0, str(HERE))
 
 from bench_dense import formatted_rows, synthetic  # noqa: E402
+from memstat import reset_peak, rss_mib  # noqa: E402
 
 from nvdata import schema  # noqa: E402
 from nvdata.mine.dense import DenseConfig, _Queries, _query_prompt, mine_dense_negatives  # noqa: E402
 from nvdata.mine.encode import EmbeddingCache, load_encoder  # noqa: E402
 from nvdata.text import content_id  # noqa: E402
-
-
-def _status_kib(key: str) -> int:
-    return int(re.search(rf"{key}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -103,12 +99,12 @@ def one(n_passages: int, n_queries: int, seed: int, backend: str) -> dict:
         with EmbeddingCache(Path(cache_dir), enc) as cache:
             prefill(cache, cfg, rows, corpus, positives, seed)
         setup_s = time.perf_counter() - t0
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        before = _status_kib("VmRSS")
+        reset_peak()
+        before = rss_mib("VmRSS")
         t1 = time.perf_counter()
         mined, report = mine_dense_negatives(rows, corpus, cfg, encoder=enc, device=None, cache_dir=Path(cache_dir), seed=seed)
         mine_s = time.perf_counter() - t1
-        peak = _status_kib("VmHWM")
+        peak = rss_mib("VmHWM")
     if report["encode"]["texts_encoded"]:
         raise SystemExit(f"cache miss: {report['encode']['texts_encoded']} texts were encoded")
     return {
@@ -118,8 +114,8 @@ def one(n_passages: int, n_queries: int, seed: int, backend: str) -> dict:
         "backend": report["search"]["backend"],
         "setup_seconds": round(setup_s, 1),
         "mining_seconds": round(mine_s, 1),
-        "rss_before_mib": round(before / 1024, 1),
-        "mining_peak_above_before_mib": round((peak - before) / 1024, 1),
+        "rss_before_mib": round(before, 1),
+        "mining_peak_above_before_mib": round(peak - before, 1),
         "corpus_embeddings_mib": round(n_passages * enc.dim * 4 / 2**20, 1),
         "corpus_text_arrow_mib": round(corpus.nbytes / 2**20, 1),
         "rows_out": report["rows_out"],
