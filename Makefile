@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q --upgrade pip "setuptools>=77"
 	# the CPU build first: an unpinned torch would pull several GB of CUDA wheels
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[test]'

@@ -1,7 +1,7 @@
 """The MTEB-test-set half of the bundled sample mirror, and planted contamination.
 
 ``mteb_sample_repos`` writes, for every test set decontamination reads (resolved from mteb's
-metadata exactly as ``decontam_testsets`` resolves them), a few dozen rows in the layout
+metadata exactly as ``nvdata.decontam.testsets`` resolves them), a few dozen rows in the layout
 mteb's loaders read: BEIR corpus/queries/qrels for retrieval, corpus/queries/qrels/top_ranked
 for reranking, text/label/label_text for classification, one cluster set per row for
 clustering, sentence1/sentence2/score for STS, one row of sent1/sent2/labels lists for pair
@@ -24,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from nvdata.decontam_text import jaccard, shingle_set
+from nvdata.decontam.text import jaccard, shingle_set
 from nvdata.text import normalize_text
 
 Repos = dict[str, dict[str, dict[str, pa.Table]]]
@@ -295,7 +295,7 @@ _DECOY_SUBSETS = {"MTOPDomainClassification": "de", "STS17": "en-de"}
 @functools.lru_cache(maxsize=1)
 def _test_specs():
     from nvdata.decontam import DecontamConfig
-    from nvdata.decontam_testsets import resolve_test_sets
+    from nvdata.decontam.testsets import resolve_test_sets
 
     return resolve_test_sets(DecontamConfig())
 

@@ -28,8 +28,8 @@ from nvdata.decontam import (
     scan_rows,
     write_report,
 )
-from nvdata.decontam_testsets import resolve_test_sets
-from nvdata.decontam_text import WindowHasher, minhash_permutations, minhash_signatures, tokenize
+from nvdata.decontam.testsets import resolve_test_sets
+from nvdata.decontam.text import WindowHasher, minhash_permutations, minhash_signatures, tokenize
 from nvdata.errors import NvdataError
 from nvdata.mirror import write_hub_repo
 from nvdata.registry import load_registry
@@ -86,8 +86,8 @@ def test_minhash_signatures_equal_datasketch():
 def test_index_tables_built_bucket_by_bucket_equal_the_in_memory_sort(tmp_path):
     # The index build spills keys to disk by their top bits and sorts one bucket at a time, so
     # it never holds every n-gram of the test sets; the result must equal one global sort.
-    from nvdata.decontam_index import _BucketSpill, first_item_per_task, write_key_bloom, write_table
-    from nvdata.decontam_text import bloom_test
+    from nvdata.decontam.index import _BucketSpill, first_item_per_task, write_key_bloom, write_table
+    from nvdata.decontam.text import bloom_test
 
     rng = np.random.default_rng(0)
     item_task = rng.integers(0, 3, 5000).astype(np.uint16)
@@ -384,7 +384,7 @@ def test_each_method_alone_and_its_boundaries(sample):
     assert nd["evidence"]["jaccard"] >= 0.8 and nd["test_item_id"] == doc["item_id"]
     assert set(clean.column("row_index").to_pylist()) == {"ngram12", "short_partial", "tiny_inside"}
     # tokenizing in small chunks finds the same matches
-    from nvdata.decontam_match import Matcher
+    from nvdata.decontam.match import Matcher
 
     texts = table.column("text")
     key = lambda ms: sorted((m.text, m.method, m.item) for m in ms)  # noqa: E731

@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from nvdata.decontam_testsets import (
+from nvdata.decontam.testsets import (
     TestSetSpec,
     iter_test_texts,
     mirror_fingerprint,
     repo_location,
     resolve_test_sets,
 )
-from nvdata.decontam_text import (
+from nvdata.decontam.text import (
     WindowHasher,
     band_keys,
     bloom_add,
@@ -358,7 +358,7 @@ class TestItem:
 
 
 class TestIndex:
-    """A built index, memory-mapped from its folder. ``decontam_match.find_matches`` reads it."""
+    """A built index, memory-mapped from its folder. ``match.find_matches`` reads it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

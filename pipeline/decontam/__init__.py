@@ -36,9 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nvdata.decontam_index import TestIndex, build_test_index
-from nvdata.decontam_match import METHODS, Matcher
-from nvdata.decontam_report import summarize, write_report
+from nvdata.decontam.index import TestIndex, build_test_index
+from nvdata.decontam.match import METHODS, Matcher
+from nvdata.decontam.report import summarize, write_report
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import sha256_file
 

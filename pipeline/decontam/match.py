@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from nvdata.decontam_index import TestIndex
-from nvdata.decontam_text import (
+from nvdata.decontam.index import TestIndex
+from nvdata.decontam.text import (
     TokenBatch,
     WindowHasher,
     band_keys,
