@@ -103,7 +103,7 @@ def test_index_tables_built_bucket_by_bucket_equal_the_in_memory_sort(tmp_path):
         all_k.append(keys)
         all_i.append(items)
     want_k, want_i = first_item_per_task(np.concatenate(all_k), np.concatenate(all_i), item_task)
-    n = write_table(spill, item_task, tmp_path, "ngram", bloom=True)
+    n = write_table(spill, item_task, tmp_path, "ngram", bloom=True, every_item=False)
     assert n == len(want_k)
     assert np.array_equal(np.load(tmp_path / "ngram_keys.npy"), want_k)
     assert np.array_equal(np.load(tmp_path / "ngram_items.npy"), want_i)
@@ -454,3 +454,127 @@ def test_audit_checks_checksums_and_rescans_shards(sample, tmp_path):
     problems = {(p["file"], p["problem"]) for p in result["file_problems"]}
     assert ("shards/part-00000.parquet", "sha256 mismatch") in problems
     assert ("shards/part-00001.parquet", "not in manifest") in problems and not result["ok"]
+
+
+# -- data identity (issue 14): invisible characters, short texts under one key, every table -------
+def _tiny_test_set(root: Path, texts: list[str], methods: tuple[str, ...] | None = None):
+    """A mirror holding one MTEB test set (Banking77Classification's test split) of ``texts``,
+    and its index: small enough to build in a second or two."""
+    write_hub_repo(root / "mirror" / "mteb" / "banking77",
+                   {"default": {"test": pa.table({"text": texts, "label": list(range(len(texts)))})}})
+    extra = {} if methods is None else {"methods": methods}
+    cfg = DecontamConfig(benchmarks=(), add_tasks=("Banking77Classification",), **extra)
+    return cfg, build_test_index(cfg, mirror=root / "mirror", cache_dir=root / "cache"), root / "mirror"
+
+
+CANCEL = "please cancel my subscription before friday"
+INVISIBLE_COPIES = {  # the issue's three, plus a BOM and an ASCII control for the same class
+    "soft_hyphen": "Please can\u00adcel my subscription before Friday.",
+    "zero_width_space": "please cancel my subscrip\u200btion before friday",
+    "word_joiner": "please cancel my sub\u2060scription before friday",
+    "bom": "\ufeffplease cancel my subscription before friday",
+    "ascii_control": "please cancel my sub\x07scription before friday",
+}
+
+
+def test_invisible_characters_inside_a_word_do_not_hide_a_test_text(tmp_path):
+    cfg, index, mirror = _tiny_test_set(tmp_path, [CANCEL, "how do i order a new card for my spouse"])
+    table = pa.table({"row_index": list(INVISIBLE_COPIES), "text": list(INVISIBLE_COPIES.values())})
+    clean, hits = decontaminate_table(table, ["text"], source="t", index=index, cfg=cfg, id_column="row_index")
+    assert clean.num_rows == 0
+    assert {h["row_id"] for h in hits if h["method"] == "exact" and h["test_item_id"] == "0"} == set(INVISIBLE_COPIES)
+    # inside a longer text: the 8+ word test text is found whole by the n-gram method
+    longer = "my card payment was declined at the shop on monday"
+    cfg2, index2, _ = _tiny_test_set(tmp_path / "long", [longer])
+    hidden = "hi: my card pay\u00adment was declined at the sh\u200bop on mon\u2060day, thanks"
+    _, hits = decontaminate_table(pa.table({"row_index": [0], "text": [hidden]}), ["text"], source="t",
+                                  index=index2, cfg=cfg2, id_column="row_index")
+    assert [h["method"] for h in hits] == ["ngram"]
+
+
+def test_audit_finds_test_texts_hidden_by_invisible_characters(tmp_path):
+    from typer.testing import CliRunner
+
+    from nvdata.cli import app
+
+    cfg, index, mirror = _tiny_test_set(tmp_path, [CANCEL])
+    copies = [INVISIBLE_COPIES[k] for k in ("soft_hyphen", "zero_width_space", "word_joiner")]
+    rows = _rows_table([["rinse the teapot"], ["prune the basil"], [copies[2]]], [copies[0], "when to paddle a canoe", "how do i repot a tulip"])
+    rows = rows.set_column(rows.schema.get_field_index("positive"), ROW.field("positive"),
+                           pa.array(["The kayak club meets at dawn.", copies[1], "The kayak club meets at dawn."]))
+    out = tmp_path / "build"
+    _write_build(out, rows)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["recipe"] = {"decontamination": cfg.to_dict()}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    r = CliRunner().invoke(app, ["audit", str(out), "--mirror", str(mirror), "--cache", str(tmp_path / "cache-cli")])
+    assert r.exit_code == 1, r.output
+    result = audit_build(out, mirror=mirror, cache_dir=tmp_path / "cache")
+    assert {(h["row_id"], h["field"]) for h in result["hits"]} == {("r0", "query"), ("r1", "positive"), ("r2", "negatives[0]")}
+
+
+SHOP = [  # the issue's three test texts of 8-12 words sharing their first 8 words
+    "my card payment was declined at the shop this morning again",
+    "my card payment was declined at the shop on monday",
+    "my card payment was declined at the shop today",
+]
+
+
+def test_short_test_texts_sharing_a_prefix_are_each_found(tmp_path):
+    cfg, index, _ = _tiny_test_set(tmp_path, SHOP)
+    assert len(index.short_keys) == 3 and len(set(index.short_keys.tolist())) == 1  # one key, three items
+    rows = [f"hi, quick question before i call: {t}, thanks for any help" for t in SHOP]
+    clean, hits = decontaminate_table(pa.table({"row_index": [0, 1, 2], "text": rows}), ["text"], source="t",
+                                      index=index, cfg=cfg, id_column="row_index")
+    assert clean.num_rows == 0
+    assert sorted((h["row_id"], h["method"], h["test_item_id"]) for h in hits) == [
+        ("0", "ngram", "0"), ("1", "ngram", "1"), ("2", "ngram", "2")]
+    assert hits[1]["evidence"] == {"ngram": SHOP[1], "n": 10}
+    # and exact copies are each found by the exact table
+    clean, hits = decontaminate_table(pa.table({"row_index": [0, 1, 2], "text": [t.upper() for t in SHOP]}), ["text"],
+                                      source="t", index=index, cfg=cfg, id_column="row_index")
+    assert sorted((h["row_id"], h["test_item_id"]) for h in hits if h["method"] == "exact") == [("0", "0"), ("1", "1"), ("2", "2")]
+
+
+def test_every_index_table_keeps_several_items_under_one_key(tmp_path):
+    from nvdata.decontam.index import _BucketSpill, write_table
+
+    # exact and short keep every (key, item) pair; ngram the first item of each task
+    item_task = np.array([0, 0, 0, 1, 1], np.uint16)
+    keys = np.array([7, 7, 7, 7, 9, 7], np.uint64)
+    items = np.array([0, 1, 2, 3, 4, 3], np.uint32)
+    for name, every, want in (("exact", True, [(7, 0), (7, 1), (7, 2), (7, 3), (9, 4)]),
+                              ("ngram", False, [(7, 0), (7, 3), (9, 4)])):
+        spill = _BucketSpill(tmp_path / "spill", name)
+        spill.add(keys, items)
+        write_table(spill, item_task, tmp_path, name, bloom=False, every_item=every)
+        got = list(zip(np.load(tmp_path / f"{name}_keys.npy").tolist(), np.load(tmp_path / f"{name}_items.npy").tolist()))
+        assert got == want, name
+
+    # ngram: a training text holding the second of two test texts that share a 13-gram
+    shared = "the quick brown fox jumps over the lazy dog near the old mill"
+    a, b = f"first of all {shared} by the river", f"yesterday {shared} again at noon"
+    _, index, _ = _tiny_test_set(tmp_path / "ngram", [a, b], methods=("ngram",))
+    cfg = DecontamConfig(benchmarks=(), add_tasks=("Banking77Classification",), methods=("ngram",))
+    _, hits = decontaminate_table(pa.table({"row_index": [0], "text": [f"note: {b}."]}), ["text"], source="t",
+                                  index=index, cfg=cfg, id_column="row_index")
+    assert [h["method"] for h in hits] == ["ngram"]
+
+    # MinHash bands: 1000 templated test texts share bands with a training text; its true
+    # near-duplicate, indexed last, must still be among the candidates confirmed
+    rng = random.Random(3)
+    base = [f"w{rng.randrange(10**6)}x" for _ in range(100)]
+
+    def variant(changes: list[int], tag: str) -> str:
+        words = list(base)
+        for p in changes:
+            words[p] = f"{tag}{p}z"
+        return " ".join(words)
+
+    decoys = [variant(sorted(rng.sample([p for p in range(12, 88, 6) if abs(p - 50) > 10], 2)), f"d{i}n") for i in range(1000)]
+    target = " ".join(base)
+    cfg, index, _ = _tiny_test_set(tmp_path / "bands", [*decoys, target], methods=("near_dup",))
+    training = variant([50], "t")
+    _, hits = decontaminate_table(pa.table({"row_index": [0], "text": [training]}), ["text"], source="t",
+                                  index=index, cfg=cfg, id_column="row_index")
+    assert [(h["method"], h["test_item_id"]) for h in hits] == [("near_dup", "1000")]

@@ -12,8 +12,13 @@ a temporary folder and renamed into place, so an interrupted build is never read
 - ``shingle_bloom``: every word-shingle of the test texts (a necessary condition for
   near-duplicates), and ``band_*``: the MinHash LSH bands of each text's shingle set.
 
-Key arrays are sorted ``uint64`` (``.npy``, memory-mapped) with a parallel item array, keeping
-for each key the first item of every task that has it.
+Key arrays are sorted ``uint64`` (``.npy``, memory-mapped) with a parallel item array. Every
+indexed test text must stay findable, so a key keeps every item filed under it wherever the
+items under one key can differ: the ``exact`` and ``short`` tables keep all of them (test texts
+that share their first ``min_ngram_words`` words share a short key), the MinHash bands too.
+Only the ``ngram`` table keeps, per key, the first item of each task: every item under an
+n-gram key holds that same n-gram, so any one of them is the evidence, and keeping all would
+multiply the largest table by the test sets' repetition.
 """
 
 from __future__ import annotations
@@ -50,13 +55,14 @@ from nvdata.decontam.text import (
     tokenize,
 )
 from nvdata.errors import NvdataError
+from nvdata.text import NORMALIZATION_VERSION
 
 if TYPE_CHECKING:
     from nvdata.decontam import DecontamConfig
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: exact and short tables keep every item under a key
 ITEMS_PER_BATCH = 1 << 14  # items.arrow record batch size: item i is in batch i // ITEMS_PER_BATCH
 _CHUNK = 20_000  # test texts hashed per step
 ITEM_SCHEMA = pa.schema(
@@ -81,7 +87,7 @@ def index_identity(cfg: DecontamConfig, specs: list[TestSetSpec], mirror: Path |
         if local:
             entry["fingerprint"] = mirror_fingerprint(local)
         sets.append(entry)
-    return {"version": INDEX_VERSION, "options": cfg.index_options(), "test_sets": sets}
+    return {"version": INDEX_VERSION, "normalization": NORMALIZATION_VERSION, "options": cfg.index_options(), "test_sets": sets}
 
 
 def build_test_index(cfg: DecontamConfig, *, mirror: Path | None, cache_dir: Path) -> TestIndex:
@@ -220,7 +226,8 @@ class _IndexBuilder:
         np.save(self.out / "item_task.npy", item_task)
         sizes = {}
         for name in ("exact", "ngram", "short"):
-            sizes[name] = write_table(self.spills[name], item_task, self.out, name, bloom=name != "exact")
+            sizes[name] = write_table(self.spills[name], item_task, self.out, name, bloom=name != "exact",
+                                      every_item=name != "ngram")
         sizes["shingles"] = write_key_bloom(self.spills["shingles"], self.out / "shingle_bloom.npy")
         shutil.rmtree(self.out / "spill", ignore_errors=True)
         bk = np.concatenate(self.parts["band_k"], axis=1) if self.parts["band_k"] else np.zeros((self.bands, 0), np.uint64)
@@ -301,13 +308,17 @@ def _bloom_of(keys_npy: Path, n: int, dest: Path) -> None:
     np.save(dest, bits)
 
 
-def write_table(spill: _BucketSpill, item_task: np.ndarray, out: Path, name: str, *, bloom: bool) -> int:
-    """``{name}_keys.npy`` / ``{name}_items.npy`` (sorted, first item per task) and the Bloom
-    filter over the keys, from a spill, one bucket at a time. Returns the number of keys."""
+def write_table(
+    spill: _BucketSpill, item_task: np.ndarray, out: Path, name: str, *, bloom: bool, every_item: bool
+) -> int:
+    """``{name}_keys.npy`` / ``{name}_items.npy`` (sorted by key) and the Bloom filter over the
+    keys, from a spill, one bucket at a time. ``every_item``: a key keeps all its distinct items
+    (:func:`distinct_items`), else the first item of each task (:func:`first_item_per_task`).
+    Returns the number of (key, item) entries."""
     n = 0
     with open(out / f"{name}_keys.raw", "wb") as fk, open(out / f"{name}_items.raw", "wb") as fi:
         for keys, items in spill.buckets():
-            keys, items = first_item_per_task(keys, items, item_task)
+            keys, items = distinct_items(keys, items) if every_item else first_item_per_task(keys, items, item_task)
             keys.tofile(fk)
             items.tofile(fi)
             n += len(keys)
@@ -332,6 +343,17 @@ def write_key_bloom(spill: _BucketSpill, dest: Path) -> int:
     _bloom_of(npy, n, dest)
     npy.unlink()
     return n
+
+
+def distinct_items(keys: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort by key (items in increasing order within a key) and drop repeated (key, item) pairs."""
+    if len(keys) == 0:
+        return keys, items
+    order = np.lexsort((items, keys))
+    keys, items = keys[order], items[order]
+    del order
+    new = np.r_[True, (keys[1:] != keys[:-1]) | (items[1:] != items[:-1])]
+    return keys[new], items[new]
 
 
 def first_item_per_task(keys: np.ndarray, items: np.ndarray, item_task: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

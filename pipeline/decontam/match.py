@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from nvdata.decontam import DecontamConfig
 
 METHODS = ("exact", "ngram", "near_dup")
-_MAX_LSH_CANDIDATES = 64  # per training text: confirming more than this many is wasted work
+_MAX_LSH_CANDIDATES = 64  # per training text, best-ranked first: confirming more is wasted work
 _CHUNK_BYTES = 4 << 20  # text bytes tokenized at once: bounds the per-token arrays (~10 x 8 B/token)
 
 
@@ -177,17 +177,12 @@ class Matcher:
         bkeys = band_keys(sigs, ix.bands, ix.rows)
         out = []
         for j, text in enumerate(c_owner[first].tolist()):
-            items: set[int] = set()
-            for b in range(ix.bands):
-                for p in key_range(ix.band_keys[b], bkeys[b, j]):
-                    items.add(int(ix.band_items[b][p]))
-                    if len(items) >= _MAX_LSH_CANDIDATES:
-                        break
+            items = _band_candidates(ix, bkeys[:, j])
             if not items:
                 continue
             mine = shingle_set(tb.tokens(text), k)
             best: dict[str, tuple[float, int]] = {}
-            for item_idx in sorted(items):
+            for item_idx in items:
                 task = ix.tasks[int(ix.item_task[item_idx])]
                 jac = jaccard(mine, shingle_set(ix.item(item_idx).norm.split(), k))
                 if jac >= threshold and jac > best.get(task, (-1.0, 0))[0]:
@@ -195,6 +190,23 @@ class Matcher:
             for jac, item_idx in best.values():
                 out.append(Match(text, "near_dup", item_idx, {"jaccard": round(jac, 4), "shingle_size": k}))
         return out
+
+
+def _band_candidates(ix: TestIndex, keys: np.ndarray) -> list[int]:
+    """The test items sharing a band with one text, most shared bands first (then by item), at
+    most ``_MAX_LSH_CANDIDATES``. A band key can hold many items (templated test texts); a
+    true near-duplicate shares most bands, so ranking by shared bands keeps it in the list
+    however many weaker candidates a common band brings."""
+    found = []
+    for b in range(ix.bands):
+        r = key_range(ix.band_keys[b], keys[b])
+        if len(r):
+            found.append(np.asarray(ix.band_items[b][r.start : r.stop]))
+    if not found:
+        return []
+    items, shared = np.unique(np.concatenate(found), return_counts=True)
+    order = np.lexsort((items, -shared))[:_MAX_LSH_CANDIDATES]
+    return items[order].tolist()
 
 
 def _clip(s: str, n: int = 300) -> str:

@@ -5,10 +5,10 @@ test texts once, the scanner hashes millions of training texts against them. Equ
 normalized token windows must hash equal on both sides, so there is one tokenizer and one
 window hash.
 
-Tokens are the words of ``text.normalize_text`` (NFKC, casefold, punctuation removed,
-whitespace collapsed). For ASCII texts that is exactly "runs of ``[a-z0-9]`` after
-lowercasing", which Arrow computes in C++ for a whole batch; other texts go through
-``normalize_text`` itself, one by one.
+Tokens are the words of ``text.normalize_text`` (the one identity rule: invisible characters
+removed, NFKC, casefold, punctuation removed, whitespace collapsed). For ASCII texts without
+control characters that is exactly "runs of ``[a-z0-9]`` after lowercasing", which Arrow
+computes in C++ for a whole batch; other texts go through ``normalize_text`` itself, one by one.
 
 Window hashes are polynomial over 64-bit token hashes, mod 2**64. With prefix sums of
 ``token * P**-k`` every window of any length costs three vector operations:
@@ -26,6 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nvdata.text import normalize_text
+
+# ASCII characters that normalize_text deletes (controls that are not whitespace), as RE2.
+_ASCII_CONTROL_RE2 = r"[\x00-\x08\x0e-\x1b\x7f]"
 
 U64 = np.uint64
 P = U64(0x9E3779B97F4A7C15)  # odd: invertible mod 2**64
@@ -99,13 +102,17 @@ def tokenize(texts: pa.Array | pa.ChunkedArray | list[str | None]) -> TokenBatch
     """Tokenize a batch of texts (nulls count as empty texts), bytes-at-a-time in NumPy.
 
     A token is a maximal run of bytes that are ASCII letters/digits or non-ASCII. On ASCII text
-    (lowercased) that is exactly ``normalize_text``'s words; texts with any non-ASCII
-    character are first put through ``normalize_text`` itself, whose output has only words
-    and single spaces, so the same rule splits it.
+    without control characters (lowercased) that is exactly ``normalize_text``'s words; other
+    texts (any non-ASCII character, or an ASCII control that normalize_text deletes) are first
+    put through ``normalize_text`` itself, whose output has only words and single spaces, so
+    the same rule splits it.
     """
     arr = _string_array(texts)
     n = len(arr)
-    is_ascii = np.asarray(pc.string_is_ascii(arr).to_numpy(zero_copy_only=False), dtype=bool)
+    # The byte rule below is normalize_text's only on ASCII without control characters
+    # (which normalize_text deletes); every other text is put through normalize_text itself.
+    simple = pc.and_(pc.string_is_ascii(arr), pc.invert(pc.match_substring_regex(arr, _ASCII_CONTROL_RE2)))
+    is_ascii = np.asarray(simple.to_numpy(zero_copy_only=False), dtype=bool)
     if not is_ascii.all():
         other = arr.filter(pa.array(~is_ascii)).to_pylist()
         arr = pc.replace_with_mask(arr, pa.array(~is_ascii), pa.array([normalize_text(t) for t in other], pa.string()))
