@@ -16,8 +16,9 @@ NV-Embed (arXiv 2405.17428, section 4):
 A row's query is seen by a model as ``Instruct: {instruction}\\nQuery: {query}``
 (:func:`nvdata.schema.instructed_query`); instruction and raw query are stored apart. A row's
 ``document_instruction`` is the instruction when the task's data says documents carry it (STS),
-else null. Every row's ``id`` is ``content_id(source, instruction, query, positive)``; a repeated
-id is emitted once and counted.
+else null. Every row's ``id`` is ``content_id(source, instruction, query, positive)``. Rows are
+de-duplicated within a source by (normalized query, normalized positive), the first kept and the
+rest counted as ``duplicates_merged`` (:mod:`nvdata.dedup`), for every task type.
 
 What is dropped is counted in the report, never silently: blank texts (empty or whitespace
 only), rows for which no negative (or, example-based, no positive) exists, STS pairs below the
@@ -47,11 +48,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
+from nvdata.dedup import RowDeduplicator
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import labels as lab
 from nvdata.registry import SourceEntry
 from nvdata.schema import FORMATTED
-from nvdata.text import content_id
+from nvdata.text import content_id, text_hash
 
 TRAINING_FILE = "training.yaml"
 MTEB_FILE = "mteb.yaml"
@@ -332,23 +334,22 @@ def _row_indices(table: pa.Table | pa.RecordBatch) -> list:
 
 @dataclass
 class _Rows:
-    """Formatted rows accumulated column-wise, each ``id`` kept once."""
+    """Formatted rows accumulated column-wise, one per (normalized query, normalized positive)."""
 
     source: str
     task_type: str
     ins: Instruction
     method: str
-    seen: set = field(default_factory=set)
+    dedup: RowDeduplicator = field(default_factory=RowDeduplicator)
     cols: dict = field(default_factory=lambda: {k: [] for k in ("id", "query", "positive", "negatives",
                                                                  "query_id", "positive_id")})
-    duplicates: int = 0
+    kept: int = 0
 
     def add(self, query: str, positive: str, query_id: str, positive_id: str, negatives=()) -> None:
-        rid = content_id(self.source, self.ins.instruction, query, positive)
-        if rid in self.seen:
-            self.duplicates += 1
+        if not self.dedup.first(query, positive):  # a repeat of an earlier row (normalized texts)
             return
-        self.seen.add(rid)
+        rid = content_id(self.source, self.ins.instruction, query, positive)
+        self.kept += 1
         c = self.cols
         c["id"].append(rid)
         c["query"].append(query)
@@ -448,7 +449,7 @@ class StreamingFormatter:
     @property
     def report(self) -> dict:
         return _report(self.entry, self._rows, self.rows_in, self.dropped, self._rows.method, self.cfg,
-                       rows_out=len(self._rows.seen))
+                       rows_out=self._rows.kept)
 
 
 def _sts_scores(source: str, batch) -> np.ndarray:
@@ -493,7 +494,8 @@ def _report(entry, rows: _Rows, rows_in: int, dropped: dict, method: str, cfg: F
         "rows_in": rows_in,
         "rows_out": rows_out,
         "dropped": dict(dropped),  # raw rows (STS: pairs) not turned into rows, by reason
-        "duplicates": rows.duplicates,  # formatted rows dropped because their id was already emitted
+        # rows not emitted because an earlier row has the same normalized query and positive
+        "duplicates_merged": rows.dedup.merged,
         "config": cfg.to_dict(),
         **extra,
     }
@@ -601,10 +603,11 @@ def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data:
         pools = lab.class_pools(sets)
         pos_label = lab.sample_member(sets, rng)
         pos_row = lab.sample_example_of(pos_label, pools, rng, exclude=np.arange(sets.num_rows))
-        # A repeated text in the dataset can be drawn as its own positive: redraw a few times,
-        # then give up on the row (counted as no_positive).
+        # A repeated text in the dataset (the same text by normalize_text) can be drawn as its
+        # own positive: redraw a few times, then give up on the row (counted as no_positive).
+        identity = [text_hash(t) for t in texts]
         for attempt in range(_SAME_TEXT_TRIES + 1):
-            same = np.array([i for i, p in enumerate(pos_row) if p >= 0 and texts[p] == texts[i]], dtype=np.int64)
+            same = np.array([i for i, p in enumerate(pos_row) if p >= 0 and identity[p] == identity[i]], dtype=np.int64)
             if len(same) == 0:
                 break
             if attempt == _SAME_TEXT_TRIES:

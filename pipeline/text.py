@@ -50,6 +50,7 @@ _ASCII_PUNCT = str.maketrans(
      for b in range(128) if not (chr(b).isalnum() or chr(b).isspace())}
 )
 _ASCII_DELETE = str.maketrans(dict.fromkeys(_ASCII_CONTROL))
+_ASCII_CONTROL_RE = re.compile("[" + re.escape(_ASCII_CONTROL) + "]")
 # Default_Ignorable_Code_Point (Unicode DerivedCoreProperties) outside category Cf; Python's
 # unicodedata has no accessor for the property, so the few assigned ones are listed.
 _OTHER_IGNORABLE = (
@@ -85,7 +86,7 @@ def _invisible() -> re.Pattern:
 def remove_invisible(text: str) -> str:
     """``text`` without the characters that render as nothing (rule 1 of the module doc)."""
     if text.isascii():
-        return text.translate(_ASCII_DELETE)
+        return text.translate(_ASCII_DELETE) if _ASCII_CONTROL_RE.search(text) else text
     return _invisible().sub("", text)
 
 
@@ -98,6 +99,11 @@ def normalize_text(text: str) -> str:
     """
     if text.isascii():
         return " ".join(text.lower().translate(_ASCII_PUNCT).split())
+    return _normalize_unicode(text)
+
+
+def _normalize_unicode(text: str) -> str:
+    """The general rule, step by step (normalize_text's fast path must equal it on ASCII)."""
     t = unicodedata.normalize("NFKC", _invisible().sub("", text)).casefold()
     t = _PUNCT.sub(" ", t)
     return _WS.sub(" ", t).strip()

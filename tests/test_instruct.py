@@ -196,7 +196,7 @@ def test_retrieval_keeps_every_positive_and_drops_blanks_and_duplicates(registry
     assert set(rows.column("negative_method").to_pylist()) == {"none"}
     assert rows.column("document_instruction").null_count == 3
     assert not any(rows.column("in_batch_negatives").to_pylist())
-    assert (rep["rows_in"], rep["rows_out"], rep["duplicates"]) == (6, 3, 1)
+    assert (rep["rows_in"], rep["rows_out"], rep["duplicates_merged"]) == (6, 3, 1)
     assert rep["dropped"] == {"empty_text": 2}
 
 
@@ -249,7 +249,7 @@ def test_sts_two_rows_per_pair_at_or_above_threshold(registry):
 
 def test_sts_identical_texts_are_one_row(registry):
     rows, rep = format_source(registry["sts22"], _sts([("same", "same", 5.0)]), FormatConfig(), 0)
-    assert rows.num_rows == 1 and rep["duplicates"] == 1
+    assert rows.num_rows == 1 and rep["duplicates_merged"] == 1
 
 
 def test_sts_numeric_strings_are_read(registry):
@@ -317,7 +317,7 @@ def test_classification_blank_text_and_duplicates(registry):
     raw = _cls([0, 1, 0, 1], texts=["dup", " ", "dup", "other"])
     rows, rep = format_source(registry["toxic_conversations"], raw, FormatConfig(), seed=0)
     assert rows.column("query").to_pylist() == ["dup", "other"]
-    assert rep["dropped"]["empty_text"] == 1 and rep["duplicates"] == 1
+    assert rep["dropped"]["empty_text"] == 1 and rep["duplicates_merged"] == 1
 
 
 def test_classification_example_mode(registry):

@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
+from nvdata.text import remove_invisible
+
 TOKEN_PATTERN = r"\w+"
 
 # Terms in at least this share of the pool are kept as dense rows too: adding a dense row is
@@ -68,6 +70,8 @@ class Tokenizer:
 
     The default ``\\w+`` keeps Unicode letters, digits and ``_``; ``lowercase`` uses
     ``str.lower``. The pattern must have no capturing group (``findall`` would return groups).
+    Invisible characters are removed first (:func:`nvdata.text.remove_invisible`, the first
+    step of the text identity rule), so a soft hyphen does not split ``can\u00adcel`` in two.
     """
 
     pattern: str = TOKEN_PATTERN
@@ -81,6 +85,7 @@ class Tokenizer:
         object.__setattr__(self, "_regex", regex)
 
     def __call__(self, text: str) -> list[str]:
+        text = remove_invisible(text)
         return self._regex.findall(text.lower() if self.lowercase else text)
 
 
