@@ -11,9 +11,10 @@ and pick ``num_negatives`` of the rest. The three parts live apart:
 
 This module only wires them together and counts what each step did.
 
-What is never a negative of a row: any positive of its query (all rows sharing the
-``query_id``, by document id and by normalized-text hash, so an exact or trivially different
-copy of a positive elsewhere in the corpus is caught too), the query's own text or document,
+What is never a negative of a row: any positive of its query (all rows whose query text is the
+same by :func:`nvdata.text.normalize_text`, whatever their ``query_id``; by document id and by
+normalized-text hash, so an exact or trivially different copy of a positive elsewhere in the
+corpus is caught too), the query's own text or document,
 and a second copy of a text already among the candidates. Then the positive-aware filter of
 NV-Retriever (TopK-PercPos, arXiv 2407.15831) drops likely false negatives: a candidate scoring
 above ``p - |p| * relative_margin``, ``p`` the query's lowest positive score (95% of it with the
@@ -210,15 +211,21 @@ def _check_int(key: str, value: Any, low: int) -> None:
 
 @dataclass
 class _Queries:
-    """The distinct queries of a source and what each must not get back."""
+    """The distinct queries of a source and what each must not get back.
 
-    ids: list[str]  # distinct query_id, in first-seen order
-    texts: list[str]
+    A query is a normalized query text (:func:`query_key`), not a ``query_id``: rows
+    "Which planets have rings?" and "which planets have rings" are one query, so each row's
+    positive is a positive of both and never the other's negative.
+    """
+
+    ids: list[str]  # the first query_id of each distinct query, in first-seen order
+    texts: list[str]  # the first spelling of each distinct query
     instructions: list[str]
     of_row: np.ndarray  # (n_rows,) index into ids
     positive_hashes: np.ndarray  # (n_q, m) int64 hash codes of all positives' texts, 0-padded
     query_hashes: np.ndarray  # (n_q, 1) hash code of the query text
     max_positives: int
+    of_query_id: dict[str, int]  # every query_id -> its query (several ids may share one)
 
     @classmethod
     def from_rows(cls, rows: pa.Table) -> "_Queries":
@@ -227,16 +234,20 @@ class _Queries:
         instructions = rows.column("instruction").to_pylist()
         positives = rows.column("positive").to_pylist()
         index: dict[str, int] = {}
-        texts, instr, pos_hashes = [], [], []
+        of_query_id: dict[str, int] = {}
+        ids, texts, instr, pos_hashes = [], [], [], []
         of_row = np.empty(len(qids), dtype=np.int64)
         for r, qid in enumerate(qids):
-            q = index.get(qid)
+            key = query_key(queries[r])
+            q = index.get(key)
             if q is None:
-                q = index[qid] = len(texts)
+                q = index[key] = len(texts)
+                ids.append(qid)
                 texts.append(queries[r])
                 instr.append(instructions[r])
                 pos_hashes.append(set())
             of_row[r] = q
+            of_query_id.setdefault(qid, q)
             pos_hashes[q].add(hash_code(positives[r]))
         width = max(len(h) for h in pos_hashes)
         pos_matrix = np.zeros((len(texts), width), dtype=np.int64)
@@ -244,7 +255,12 @@ class _Queries:
             pos_matrix[q, : len(hashes)] = sorted(hashes)
         query_hashes = np.array([[hash_code(t)] for t in texts], dtype=np.int64)
         max_pos = int(np.bincount(of_row).max())
-        return cls(list(index), texts, instr, of_row, pos_matrix, query_hashes, max_pos)
+        return cls(ids, texts, instr, of_row, pos_matrix, query_hashes, max_pos, of_query_id)
+
+
+def query_key(text: str) -> str:
+    """Which rows share a query: their query texts' identity (:func:`nvdata.text.text_hash`)."""
+    return text_hash(text)
 
 
 def hash_code(text: str) -> int:
@@ -345,9 +361,8 @@ def _mine(
     pending_positive: dict[str, list[int]] = {}
     for r, pid in enumerate(rows.column("positive_id").to_pylist()):
         pending_positive.setdefault(pid, []).append(r)
-    query_index = {qid: q for q, qid in enumerate(queries.ids)}
     positive_at = np.full(n_rows, -1, dtype=np.int64)  # corpus index of each row's positive
-    query_at = np.full((n_q, 1), -1, dtype=np.int64)  # corpus index of the query's own doc
+    own_docs: dict[int, list[int]] = {}  # query -> corpus indices of its query_ids' own docs
     positive_score = np.full(n_rows, np.nan, dtype=np.float32)
     search_seconds = 0.0
     for start in range(0, corpus.num_rows, cfg.chunk_size):
@@ -362,9 +377,9 @@ def _mine(
             if found is not None:
                 hit_rows.extend(found)
                 hit_cols.extend([j] * len(found))
-            q = query_index.get(doc_id)
-            if q is not None and query_at[q, 0] < 0:
-                query_at[q, 0] = start + j
+            q = queries.of_query_id.get(doc_id)
+            if q is not None:
+                own_docs.setdefault(q, []).append(start + j)
         if hit_rows:
             hr, hc = np.asarray(hit_rows), np.asarray(hit_cols)
             positive_at[hr] = start + hc
@@ -382,6 +397,9 @@ def _mine(
     search_seconds += time.perf_counter() - t0
     del q_emb
 
+    query_at = np.full((n_q, max(map(len, own_docs.values()), default=1)), -1, dtype=np.int64)
+    for q, docs in own_docs.items():
+        query_at[q, : len(docs)] = docs
     # Per query: the corpus indices that are its positives, the lowest positive score.
     positive_idx = _ragged_by_query(queries.of_row, positive_at, n_q, pad=-1)
     min_positive = np.full(n_q, np.inf, dtype=np.float64)
