@@ -11,8 +11,9 @@ Three small steps, each usable alone:
   documents (positives and hard negatives), each row's positive, and the ``candidates`` mask
   saying which documents each query is scored against: its positive, its own hard negatives,
   and, only where the row says ``in_batch_negatives`` (stage 1), every other document of the
-  batch. Documents whose text is identical (by ``text_hash``) to the row's positive or query
-  are never its negatives.
+  batch. A document that is a positive of the row's query (of any row whose query is the same
+  text by ``text_hash``), a copy of one, or the query itself is never its negative; those
+  masked pairs are counted (``masked_duplicates``).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class ContrastiveBatch:
     positives: torch.Tensor  # (B,) long
     candidates: torch.Tensor  # (B, D) bool
     sources: list[str]
-    masked_duplicates: int  # (query, document) pairs dropped as identical texts
+    masked_duplicates: int  # (query, document) pairs masked: a positive of the query, or its own text
 
     @property
     def size(self) -> int:
@@ -218,12 +219,7 @@ def collate(rows: Sequence[dict], *, max_negatives: int | None = None) -> Contra
         else:
             candidates[i, own[i]] = True
 
-    # identical texts are never negatives of each other: compare hashes as small integers
-    ids: dict[str, int] = {}
-    doc_h = np.array([ids.setdefault(text_hash(t), len(ids)) for t in documents])
-    pos_h = doc_h[positives]
-    query_h = np.array([ids.setdefault(text_hash(r["query"]), len(ids)) for r in rows])
-    same = torch.from_numpy((doc_h[None, :] == pos_h[:, None]) | (doc_h[None, :] == query_h[:, None]))
+    same = _same_query_positives(rows, documents, positives)
     pos_t = torch.tensor(positives, dtype=torch.long)
     same[torch.arange(b), pos_t] = False
     masked = int((candidates & same).sum().item())
@@ -240,3 +236,19 @@ def collate(rows: Sequence[dict], *, max_negatives: int | None = None) -> Contra
         sources=[r["source"] for r in rows],
         masked_duplicates=masked,
     )
+
+
+def _same_query_positives(rows: Sequence[dict], documents: list[str], positives: list[int]) -> torch.Tensor:
+    """(B, D) bool: document ``j`` must not be a negative of row ``i``.
+
+    It is a positive of row ``i``'s query (of any row in the batch whose query is the same text
+    by ``text_hash``, so "Which planets have rings?" and "which planets have rings" share their
+    positives), a copy of one (same ``text_hash``), or the query's own text.
+    """
+    ids: dict[str, int] = {}  # hashes as small integers
+    doc_h = np.array([ids.setdefault(text_hash(t), len(ids)) for t in documents])
+    query_h = np.array([ids.setdefault(text_hash(r["query"]), len(ids)) for r in rows])
+    is_positive_of = doc_h[None, :] == doc_h[positives][:, None]  # (B, D): a copy of row k's positive
+    same_query = query_h[:, None] == query_h[None, :]  # (B, B)
+    same = (same_query.astype(np.int32) @ is_positive_of.astype(np.int32)) > 0
+    return torch.from_numpy(same | (doc_h[None, :] == query_h[:, None]))
