@@ -7,7 +7,10 @@ the InfoNCE loss of Henderson et al. 2017 / van den Oord et al. 2018) and saves 
 directory that ``mine_dense_negatives(..., encoder=<that dir>)`` loads like any other.
 
 Batches never hold the same text twice (``BatchSamplers.NO_DUPLICATES``): a repeated query or
-positive would otherwise be scored as its own in-batch negative.
+positive would otherwise be scored as its own in-batch negative. "The same" is the project's
+one identity (:func:`nvdata.text.normalize_text`): every spelling of a text is trained as its
+first spelling, so the sampler sees "Which planets have rings?" and "which planets have rings"
+as one query, and a repeated (query, positive) pair is trained once (``duplicates_merged``).
 
 Example::
 
@@ -27,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 
 from nvdata import schema
+from nvdata.dedup import RowDeduplicator
 from nvdata.errors import NvdataError
+from nvdata.text import text_hash
 
 QUERY_PROMPTS = ("model", "instruction", "none")
 MANIFEST = "nvdata_miner.json"
@@ -79,6 +84,7 @@ def finetune_miner(
         positives += table.column("positive").to_pylist()
     if not anchors:
         raise NvdataError("finetune_miner: no pairs to train on")
+    anchors, positives, merged = _one_spelling_per_text(anchors, positives)
     if max_pairs is not None and len(anchors) > max_pairs:
         pick = np.sort(np.random.default_rng(seed).choice(len(anchors), size=max_pairs, replace=False))
         anchors = [anchors[i] for i in pick]
@@ -134,11 +140,28 @@ def finetune_miner(
         "warmup_ratio": warmup_ratio,
         "query_prompt": query_prompt,
         "seed": seed,
+        "duplicates_merged": merged,
         "loss": "MultipleNegativesRankingLoss",
         "train_loss": float(result.training_loss),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out_dir
+
+
+def _one_spelling_per_text(anchors: list[str], positives: list[str]) -> tuple[list[str], list[str], int]:
+    """Each text as the first spelling seen of its identity; repeated pairs dropped (counted)."""
+    first: dict[str, str] = {}
+
+    def spelling(text: str) -> str:
+        return first.setdefault(text_hash(text), text)
+
+    dedup = RowDeduplicator()
+    kept_a, kept_p = [], []
+    for a, p in zip(anchors, positives, strict=True):
+        if dedup.first(a, p):
+            kept_a.append(spelling(a))
+            kept_p.append(spelling(p))
+    return kept_a, kept_p, dedup.merged
 
 
 def _warmup_kwargs(ratio: float) -> dict:

@@ -120,3 +120,15 @@ def test_a_real_build_and_training_run_keep_one_identity(tmp_path):
     assert [m["rows"] for m in metrics] == [len(rows)] * 2 and all(m["masked_duplicates"] >= 2 for m in metrics)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"]["squad"]["format"]["duplicates_merged"] == 1
     assert pq.ParquetFile(next((tmp_path / "out" / "shards").glob("*.parquet"))).metadata.num_rows == len(rows)
+
+
+def test_miner_finetuning_sees_one_spelling_per_text():
+    # BatchSamplers.NO_DUPLICATES keeps equal strings out of one batch; the two spellings of a
+    # query must be equal strings by then, or each is the other's in-batch negative
+    from nvdata.finetune import _one_spelling_per_text
+
+    anchors = [q for q, _ in RINGS] + ["Which planets have rings?", "What makes bread rise?"]
+    positives = [p for _, p in RINGS] + ["uranus has narrow dark rings", "Yeast."]
+    a, p, merged = _one_spelling_per_text(anchors, positives)
+    assert a == [RINGS[0][0], RINGS[0][0], "What makes bread rise?"]
+    assert p == [RINGS[0][1], RINGS[1][1], "Yeast."] and merged == 1
