@@ -7,30 +7,34 @@ own copy's positive becomes a false negative. Formatting (:mod:`nvdata.instruct`
 keeps the first row of every (query, positive) identity and counts the rest per source as
 ``duplicates_merged``; identity is :func:`nvdata.text.normalize_text`, the rule every other
 stage uses. An STS pair given in both orders needs no rule of its own: pair (a, b) makes the
-rows a -> b and b -> a, so (b, a) repeats both.
-
-The same row identity holds for every task type: classification and clustering rows are
-(text, label or example) pairs.
+rows a -> b and b -> a, so (b, a) repeats both. The same row identity holds for every task
+type: classification and clustering rows are (text, label or example) pairs.
 
 Example::
 
     >>> d = RowDeduplicator()
-    >>> d.first("Which planets have rings?", "Saturn."), d.first("which planets have rings", "saturn")
-    (True, False)
-    >>> d.merged
-    1
+    >>> d.keep_new([row_key("Which planets have rings?", "Saturn."),
+    ...             row_key("which planets have rings", "saturn")]).tolist()
+    [True, False]
+    >>> d.merged, d.count
+    (1, 1)
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+
+import numpy as np
 
 from nvdata.text import normalize_text
 
+KEY_BYTES = 12  # 96 bits: a chance collision among 64M rows is ~1e-14
+
 
 def row_key(query: str, positive: str) -> bytes:
-    """16-byte identity of a (query, positive) row: equal when both normalize equal."""
-    h = hashlib.blake2b(digest_size=16)
+    """The identity of a (query, positive) row: equal when both texts normalize equal."""
+    h = hashlib.blake2b(digest_size=KEY_BYTES)
     for text in (query, positive):
         b = normalize_text(text).encode("utf-8")
         h.update(len(b).to_bytes(8, "little"))
@@ -39,18 +43,33 @@ def row_key(query: str, positive: str) -> bytes:
 
 
 class RowDeduplicator:
-    """Remembers the row identities seen so far (one source's rows, in order); about 90 bytes
-    per distinct row, so a 10M-row source holds ~1 GB while it is formatted."""
+    """The row identities seen so far (one source's rows, in order), as sorted runs of
+    ``KEY_BYTES``-byte keys merged log-structured: 12 bytes per row and no Python object per
+    row, so a 64M-row source fits in memory; a lookup is a ``searchsorted`` per run (a handful
+    of runs at any time)."""
 
     def __init__(self) -> None:
-        self._seen: set[bytes] = set()
+        self.runs: list[np.ndarray] = []
+        self.count = 0  # distinct rows kept
         self.merged = 0  # rows refused as a repeat of an earlier row
 
-    def first(self, query: str, positive: str) -> bool:
-        """True the first time this (query, positive) identity is seen; False (counted) after."""
-        key = row_key(query, positive)
-        if key in self._seen:
-            self.merged += 1
-            return False
-        self._seen.add(key)
-        return True
+    def keep_new(self, keys: Sequence[bytes]) -> np.ndarray:
+        """Bool mask over ``keys`` (from :func:`row_key`): True for the first occurrence of each
+        identity, here or in any earlier call; the others are counted in ``merged``."""
+        if not len(keys):
+            return np.zeros(0, dtype=bool)
+        arr = np.frombuffer(b"".join(keys), dtype=f"S{KEY_BYTES}")
+        keep = np.zeros(len(arr), dtype=bool)
+        keep[np.unique(arr, return_index=True)[1]] = True
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, arr), len(run) - 1)
+            keep &= run[at] != arr
+        new = np.sort(arr[keep])
+        if len(new):
+            self.runs.append(new)
+            while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+                b, a = self.runs.pop(), self.runs.pop()
+                self.runs.append(np.sort(np.concatenate([a, b])))
+        self.count += len(new)
+        self.merged += int(len(arr) - len(new))
+        return keep

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from nvdata import schema
-from nvdata.dedup import RowDeduplicator
+from nvdata.dedup import RowDeduplicator, row_key
 from nvdata.errors import NvdataError
 from nvdata.text import text_hash
 
@@ -156,11 +156,9 @@ def _one_spelling_per_text(anchors: list[str], positives: list[str]) -> tuple[li
         return first.setdefault(text_hash(text), text)
 
     dedup = RowDeduplicator()
-    kept_a, kept_p = [], []
-    for a, p in zip(anchors, positives, strict=True):
-        if dedup.first(a, p):
-            kept_a.append(spelling(a))
-            kept_p.append(spelling(p))
+    keep = dedup.keep_new([row_key(a, p) for a, p in zip(anchors, positives, strict=True)])
+    kept_a = [spelling(a) for a, k in zip(anchors, keep) if k]
+    kept_p = [spelling(p) for p, k in zip(positives, keep) if k]
     return kept_a, kept_p, dedup.merged
 
 

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nvdata.dedup import RowDeduplicator
+from nvdata.dedup import RowDeduplicator, row_key
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import labels as lab
 from nvdata.registry import SourceEntry
@@ -334,7 +334,8 @@ def _row_indices(table: pa.Table | pa.RecordBatch) -> list:
 
 @dataclass
 class _Rows:
-    """Formatted rows accumulated column-wise, one per (normalized query, normalized positive)."""
+    """Formatted rows accumulated column-wise (one batch at a time), one per (normalized query,
+    normalized positive) identity (:mod:`nvdata.dedup`)."""
 
     source: str
     task_type: str
@@ -342,16 +343,12 @@ class _Rows:
     method: str
     dedup: RowDeduplicator = field(default_factory=RowDeduplicator)
     cols: dict = field(default_factory=lambda: {k: [] for k in ("id", "query", "positive", "negatives",
-                                                                 "query_id", "positive_id")})
-    kept: int = 0
+                                                                 "query_id", "positive_id", "key")})
 
     def add(self, query: str, positive: str, query_id: str, positive_id: str, negatives=()) -> None:
-        if not self.dedup.first(query, positive):  # a repeat of an earlier row (normalized texts)
-            return
-        rid = content_id(self.source, self.ins.instruction, query, positive)
-        self.kept += 1
         c = self.cols
-        c["id"].append(rid)
+        c["key"].append(row_key(query, positive))
+        c["id"].append(content_id(self.source, self.ins.instruction, query, positive))
         c["query"].append(query)
         c["positive"].append(positive)
         c["negatives"].append(list(negatives))
@@ -359,8 +356,12 @@ class _Rows:
         c["positive_id"].append(positive_id)
 
     def take(self) -> pa.Table:
-        """The rows added since the last take, as a FORMATTED table."""
-        c, n = self.cols, len(self.cols["id"])
+        """The rows added since the last take that repeat no row emitted before, as a FORMATTED table."""
+        c = self.cols
+        keep = self.dedup.keep_new(c["key"])
+        if not keep.all():
+            c = {k: [v for v, kk in zip(col, keep) if kk] for k, col in c.items()}
+        n = len(c["id"])
         table = pa.table(
             {
                 "id": c["id"],
@@ -382,8 +383,7 @@ class _Rows:
             },
             schema=FORMATTED,
         )
-        for k in c:
-            c[k] = []
+        self.cols = {k: [] for k in self.cols}  # "key" included
         return table
 
 
@@ -449,7 +449,7 @@ class StreamingFormatter:
     @property
     def report(self) -> dict:
         return _report(self.entry, self._rows, self.rows_in, self.dropped, self._rows.method, self.cfg,
-                       rows_out=self._rows.kept)
+                       rows_out=self._rows.dedup.count)
 
 
 def _sts_scores(source: str, batch) -> np.ndarray:

@@ -15,8 +15,10 @@ def test_row_key_is_the_normalized_pair():
     assert row_key("a", "b c") != row_key("a b", "c")  # the two texts stay apart
     assert row_key("a", "b") != row_key("b", "a")
     d = RowDeduplicator()
-    assert [d.first(q, p) for q, p in [("q", "p"), ("Q!", "p"), ("q", "p2"), ("q ", " P")]] == [True, False, True, False]
-    assert d.merged == 2
+    keys = [row_key(q, p) for q, p in [("q", "p"), ("Q!", "p"), ("q", "p2"), ("q ", " P")]]
+    assert d.keep_new(keys).tolist() == [True, False, True, False]
+    assert d.keep_new([row_key("q", "P."), row_key("x", "y")]).tolist() == [False, True]  # across calls
+    assert (d.merged, d.count) == (3, 3)
 
 
 def test_sts_repeats_in_another_casing_spacing_or_order_are_merged(registry):
