@@ -258,14 +258,17 @@ def export_cmd(
 def train_cmd(
     recipe: Annotated[str, typer.Option("--recipe", help="stage1 | stage2 | path: its `train:` section")],
     data: Annotated[Path, typer.Option("--data", help="A build folder (shards/).")],
-    model: Annotated[str, typer.Option("--model", help="Model path or Hub id.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint + metrics folder.")],
-    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model path, Hub id, or 'minilm' (the bundled all-MiniLM-L6-v2). Not needed with --init.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1); it knows its base model.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     device: DeviceOpt = None,
 ):
-    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA)."""
+    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA).
+
+    Ctrl-C saves a checkpoint; the same command again resumes from it.
+    """
     from nvdata.recipe import load_recipe
     from nvdata.train import TrainConfig, train
 
@@ -276,7 +279,10 @@ def train_cmd(
     if batch_size is not None:
         overrides["batch_size"] = batch_size
     cfg = _run(TrainConfig.from_dict, overrides, "train")
-    summary = _run(train, cfg, data_dir=data, model=model, out=out, init=init, device=device, stage=rec.stage)
+    try:
+        summary = _run(train, cfg, data_dir=data, model=model, out=out, init=init, device=device, stage=rec.stage)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
     console.print_json(json.dumps(summary, default=str))
 
 

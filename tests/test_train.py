@@ -19,7 +19,7 @@ from nvdata.errors import NvdataError
 from nvdata.schema import ROW, instructed_query
 from nvdata.train import TrainConfig, load_model, train
 from nvdata.train.data import batch_stream, collate, iter_batches, iter_rows, shard_files
-from nvdata.train.loss import InfoNCELoss, RandContext, contrastive_backward
+from nvdata.train.loss import InfoNCELoss, RandContext, contrastive_backward, plan_chunks
 from nvdata.train.model import build_model, tokenize_with_instructions
 
 MINILM = str(get_model_path())
@@ -244,24 +244,66 @@ def test_rand_context_replays_dropout_masks():
     assert torch.equal(torch.get_rng_state(), outer)  # the outer stream is left as it was
 
 
-def test_grad_cache_gives_the_same_gradients_as_plain_backprop(minilm):
-    batch = collate(role_rows(4, seed=4))
-    loss_fn = InfoNCELoss(0.05)
-    minilm.eval()  # no dropout: the two paths draw dropout masks in a different order
-    grads = []
+def mixed_length_rows(n, *, seed=0):
+    """Role rows whose documents range from a few words to ~60 tokens (a tweet next to an abstract)."""
+    rows = role_rows(n, seed=seed, in_batch=False)
+    for i, r in enumerate(rows):
+        filler = " ".join(["and then the story goes on"] * (i * 3))
+        r["negatives"] = r["negatives"] + [f"{r['positive']} {filler}".strip()]
+    return rows
+
+
+def _step(model, batch, **kw):
+    model.zero_grad(set_to_none=True)
+    stats = contrastive_backward(model, batch, InfoNCELoss(0.05), **kw)
+    return stats, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_token_budget_step_gives_the_loss_and_gradients_of_one_shot_backprop(minilm):
+    """Length-sorted chunks under a token budget (GradCache or not) == the whole batch in one pass."""
+    batch = collate(mixed_length_rows(6, seed=4))
+    minilm.eval()  # no dropout: the paths draw dropout masks in a different order
     try:
-        for mini in (0, 3):
-            minilm.zero_grad(set_to_none=True)
-            stats = contrastive_backward(minilm, batch, loss_fn, mini_batch=mini)
-            grads.append((stats.loss, {n: p.grad.clone() for n, p in minilm.named_parameters() if p.grad is not None}))
+        # the reference: queries and documents each padded to their longest, one graph, one backward
+        minilm.zero_grad(set_to_none=True)
+        q = minilm(minilm.tokenize(batch.queries, batch.query_instructions))
+        d = minilm(minilm.tokenize(batch.documents, batch.document_instructions))
+        ref_loss = InfoNCELoss(0.05)(q, d, batch.positives, batch.candidates)
+        ref_loss.backward()
+        ref = {n: p.grad.clone() for n, p in minilm.named_parameters() if p.grad is not None}
+        width_q = minilm.tokenize(batch.queries, batch.query_instructions)["attention_mask"].shape[1]
+        width_d = minilm.tokenize(batch.documents, batch.document_instructions)["attention_mask"].shape[1]
+        one_shot_padded = len(batch.queries) * width_q + len(batch.documents) * width_d
+        runs = {
+            "grad cache (auto)": _step(minilm, batch, token_budget=96),
+            "chunks, graphs kept": _step(minilm, batch, token_budget=96, grad_cache=False),
+            "one chunk, grad cache forced": _step(minilm, batch, token_budget=10**6, grad_cache=True),
+            "one chunk": _step(minilm, batch, token_budget=10**6),
+        }
     finally:
         minilm.zero_grad(set_to_none=True)
         minilm.train()
-    (l_plain, g_plain), (l_cached, g_cached) = grads
-    assert l_plain == pytest.approx(l_cached, rel=1e-4)
-    assert g_plain.keys() == g_cached.keys() and len(g_plain) > 50
-    for name in g_plain:
-        assert torch.allclose(g_plain[name], g_cached[name], atol=1e-5, rtol=1e-3), name
+    assert runs["grad cache (auto)"][0].grad_cache and runs["grad cache (auto)"][0].chunks > 3
+    assert not runs["one chunk"][0].grad_cache and runs["one chunk"][0].chunks == 1
+    stats = runs["grad cache (auto)"][0]
+    assert stats.tokens < stats.padded_tokens < 0.6 * one_shot_padded  # sorting removes most padding
+    assert len(ref) > 50
+    for label, (stats, grads) in runs.items():
+        assert stats.loss == pytest.approx(ref_loss.item(), rel=1e-4), label
+        assert grads.keys() == ref.keys(), label
+        for name in ref:
+            assert torch.allclose(grads[name], ref[name], atol=1e-5, rtol=1e-3), (label, name)
+
+
+def test_chunks_cover_every_text_once_within_the_budget():
+    lengths = torch.tensor([5, 300, 12, 12, 600, 1, 40, 40, 40, 7])
+    chunks = plan_chunks(lengths, 128)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(len(lengths)))
+    for idx in chunks:
+        longest = int(lengths[idx].max())
+        assert len(idx) == 1 or len(idx) * longest <= 128
+    firsts = [int(lengths[idx].max()) for idx in chunks]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
 
 
 # -- training ------------------------------------------------------------------------------------
