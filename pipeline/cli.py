@@ -263,6 +263,7 @@ def train_cmd(
     init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1); it knows its base model.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    token_budget: Annotated[Optional[int], typer.Option("--token-budget", help="Most padded tokens per forward pass (bounds memory; default 4096, raise it on a GPU).")] = None,
     device: DeviceOpt = None,
 ):
     """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA).
@@ -278,6 +279,8 @@ def train_cmd(
         overrides["max_steps"] = max_steps
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    if token_budget is not None:
+        overrides["token_budget"] = token_budget
     cfg = _run(TrainConfig.from_dict, overrides, "train")
     try:
         summary = _run(train, cfg, data_dir=data, model=model, out=out, init=init, device=device, stage=rec.stage)

@@ -9,8 +9,11 @@ Stage 2 continues from the stage-1 output with ``init``.
 
 Writes into ``out``: the model (a SentenceTransformer folder for encoders, an nvdata folder for
 decoders; see ``model.load_model``), ``metrics.jsonl`` (one object per optimizer step with
-``loss``), ``train_summary.json``, and ``checkpoints/checkpoint-NNNNNNN/`` (model + optimizer,
-scheduler, RNG and data position) from which an interrupted run resumes on its own.
+``loss``, real ``tokens``, ``padded_tokens`` and their ``padding_ratio``, ``tokens_per_s``,
+``chunks``, ``grad_cache``), ``train_summary.json``, and ``checkpoints/checkpoint-NNNNNNN/``
+(model + optimizer, scheduler, RNG and data position) from which an interrupted run resumes on
+its own. Ctrl-C (SIGINT) writes such a checkpoint of the last finished step before it stops.
+Memory per step is bounded by ``token_budget`` (see ``loss.contrastive_backward``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class TrainConfig:
     batch_size: int = 128  # rows (queries) per batch, NV-Embed's
     max_steps: int | None = None  # optimizer steps; 20k (stage 1) / 18k (stage 2)
     grad_accum: int = 1  # batches per optimizer step
-    token_budget: int = 8192  # most padded tokens (texts x longest) per forward pass: bounds memory
+    token_budget: int = 4096  # most padded tokens (texts x longest) per forward pass: bounds memory; raise on GPUs
     grad_cache: bool | None = None  # GradCache: None = when a batch exceeds token_budget; true: always; false: never
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0  # 0 = no clipping

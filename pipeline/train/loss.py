@@ -24,7 +24,7 @@ replayed from each chunk's saved RNG state).
 Example::
 
     loss_fn = InfoNCELoss(temperature=0.01)
-    stats = contrastive_backward(model, collate(rows), loss_fn, token_budget=8192)
+    stats = contrastive_backward(model, collate(rows), loss_fn, token_budget=4096)
     stats.loss, stats.tokens, stats.padded_tokens, stats.grad_cache
 """
 
@@ -101,16 +101,26 @@ def plan_chunks(lengths: torch.Tensor, token_budget: int) -> list[torch.Tensor]:
     """Cut texts of ``lengths`` (N,) into length-sorted chunks of at most ``token_budget`` padded tokens.
 
     Texts are sorted longest first and taken greedily while ``texts x longest <= token_budget``;
-    a single text longer than the budget is a chunk of its own. Returns index tensors (into the
-    N texts) in order of decreasing length, covering every text once.
+    a single text longer than the budget is a chunk of its own. A chunk also closes early where
+    the lengths drop below 3/4 of its longest text, once it holds a quarter of the budget: the
+    rest then pads to a shorter length instead of to that text's. Returns index tensors (into
+    the N texts) in order of decreasing length, covering every text once.
     """
-    order = torch.argsort(lengths, descending=True, stable=True)
-    chunks, start, n = [], 0, len(order)
-    while start < n:
-        longest = max(int(lengths[order[start]]), 1)
-        size = max(1, token_budget // longest)
-        chunks.append(order[start : start + size])
-        start += size
+    order = torch.argsort(lengths, descending=True, stable=True).tolist()
+    sizes = lengths.clamp(min=1).tolist()
+    chunks, current, longest = [], [], 0
+    for i in order:
+        if current:
+            full = (len(current) + 1) * longest > token_budget
+            drop = 4 * sizes[i] < 3 * longest and 4 * len(current) * longest >= token_budget
+            if full or drop:
+                chunks.append(torch.tensor(current))
+                current = []
+        if not current:
+            longest = sizes[i]
+        current.append(i)
+    if current:
+        chunks.append(torch.tensor(current))
     return chunks
 
 
@@ -125,7 +135,7 @@ def contrastive_backward(
     batch: ContrastiveBatch,
     loss_fn: InfoNCELoss,
     *,
-    token_budget: int = 8192,
+    token_budget: int = 4096,
     grad_cache: bool | None = None,
     loss_scale: float = 1.0,
 ) -> StepStats:
