@@ -337,7 +337,7 @@ def test_minilm_trains_and_its_loss_falls(tmp_path, minilm):
     summary = train(cfg, data_dir=build, model=MINILM, out=out, device="cpu", progress_console=Console(file=log, width=200))
     assert summary["steps"] == 10 and summary["model_kind"] == "encoder" and summary["tokens_per_s"] > 0
     lines = log.getvalue().splitlines()
-    assert [line.split()[3] for line in lines] == ["1/10", "5/10", "10/10"], lines
+    assert [line.split()[4] for line in lines] == ["1/10", "5/10", "10/10"], lines
     assert all("loss " in line and "tokens/s " in line and "padded/real " in line and " eta " in line for line in lines)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 11))
