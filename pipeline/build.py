@@ -24,7 +24,8 @@ import pyarrow.parquet as pq
 from nvdata import emit
 from nvdata.errors import NvdataError
 from nvdata.fsutil import staged_dir
-from nvdata.paths import sample_mirror_dir
+from nvdata.paths import default_cache_dir, sample_mirror_dir
+from nvdata.preflight import preflight
 from nvdata.recipe import Recipe
 from nvdata.registry import SourceEntry, load_registry
 from nvdata.sources import RawSource, download_source, obtainable
@@ -232,11 +233,14 @@ def run_build(
     limit: int | None = None,
     force: bool = False,
     cache: Path | None = None,
+    overwrite: bool = False,
     progress: Callable[[str, int, int, str], None] | None = None,
 ) -> BuildResult:
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
     ``progress(stage, done, total, message)`` is called after each source of each stage.
+    OUT, the device and the encoder are checked before any work (``nvdata.preflight``); OUT
+    may be new, empty or an earlier build, or any folder with ``overwrite``.
     """
     from nvdata import decontam
     from nvdata.instruct import instruction_for_source
@@ -247,7 +251,8 @@ def run_build(
         mirror = sample_mirror_dir()
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
-    cache = Path(cache or out.parent / ".nvdata-cache")
+    cache = Path(cache) if cache else default_cache_dir()
+    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
     if force and cache.exists():
         shutil.rmtree(cache)
     say = progress or (lambda stage, done, total, msg: None)
