@@ -361,6 +361,7 @@ def run_build(
                 "seed": recipe.seed,
                 "encoder": encoder,
                 "mirror": str(mirror) if mirror else None,
+                "sample": sample,  # audit re-checks against the bundled sample wherever it is installed
                 "limit": limit,
                 "versions": emit.library_versions(),
                 "total_rows": sum(s["rows"] for s in shards),

@@ -76,6 +76,20 @@ def check_output_dir(
     )
 
 
+@contextmanager
+def removed_on_failure(path: Path, *, keep: str | None = None) -> Iterator[None]:
+    """Remove ``path`` if the block fails and ``path`` did not exist before it, unless it now
+    holds something matching the glob ``keep`` (a checkpoint a re-run resumes from)."""
+    path = Path(path)
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.is_dir() and not (keep and any(path.glob(keep))):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -111,6 +125,19 @@ def staged_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mirror_fingerprint(repo_dir: Path) -> list:
+    """Cheap identity of a mirrored repo: every file's relative path, size and mtime (ns).
+
+    Keys the download cache and the test-set index, so a mirror updated in place is re-read.
+    """
+    out = []
+    for p in sorted(Path(repo_dir).rglob("*")):
+        if p.is_file() and ".cache" not in p.parts:
+            st = p.stat()
+            out.append([p.relative_to(repo_dir).as_posix(), st.st_size, st.st_mtime_ns])
+    return out
 
 
 def sha256_file(path: Path) -> str:
