@@ -253,8 +253,9 @@ def run_build(
     out = Path(out or recipe.output.dir)
     cache = Path(cache) if cache else default_cache_dir()
     preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
-    if force and cache.exists():
-        shutil.rmtree(cache)
+    if force:  # nvdata's own stage folders only: the cache may be shared, or a folder of the user's
+        for sub in ("raw", "decontaminate", "format", "mine", "embeddings", "test-index"):
+            shutil.rmtree(cache / sub, ignore_errors=True)
     say = progress or (lambda stage, done, total, msg: None)
     timer = _Timer()
     registry = load_registry()

@@ -143,6 +143,8 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
 def test_export_never_replaces_the_build_or_a_folder_of_other_files(tiny_build, tmp_path):
     _, build, _ = tiny_build
     before = sorted(p.name for p in build.iterdir())
+    r = runner.invoke(app, ["export", str(build), "--to", str(build)])
+    assert r.exit_code == 2 and sorted(p.name for p in build.iterdir()) == before
     r = runner.invoke(app, ["export", str(build), "--to", str(build), "--overwrite"])
     assert r.exit_code == 2 and "would replace the input" in r.output
     assert sorted(p.name for p in build.iterdir()) == before
@@ -158,9 +160,10 @@ def test_export_never_replaces_the_build_or_a_folder_of_other_files(tiny_build, 
 def test_train_never_writes_into_the_build(tiny_build):
     _, build, _ = tiny_build
     card = (build / "README.md").read_text()
-    r = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(build), "--model", "unused",
-                            "--out", str(build), "--overwrite", "--max-steps", "1"])
-    assert r.exit_code == 2 and "would replace the input" in r.output
+    for extra in ([], ["--overwrite"]):
+        r = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(build), "--model", "unused",
+                                "--out", str(build), "--max-steps", "1", *extra])
+        assert r.exit_code == 2 and "would replace the input" in r.output, r.output
     assert (build / "README.md").read_text() == card
     assert not (build / "checkpoints").exists()
 
