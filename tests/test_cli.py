@@ -109,6 +109,14 @@ def test_build_checks_the_device_before_any_work(tmp_path):
     assert not cache.exists() and not (tmp_path / "o").exists()
 
 
+def test_build_checks_the_encoder_path_before_any_work(tmp_path):
+    cache = tmp_path / "cache"
+    r = runner.invoke(app, ["build", "--recipe", "stage1", "--sample", "--encoder", str(tmp_path / "no-model"),
+                            "--out", str(tmp_path / "o"), "--cache", str(cache)])
+    assert r.exit_code == 2 and "no-model" in r.output and "no such model directory" in r.output
+    assert not cache.exists()
+
+
 def test_build_republishes_over_its_own_output_with_normal_permissions(tiny_build, tmp_path):
     recipe, build, cache = tiny_build
     out = tmp_path / "b"
@@ -175,6 +183,21 @@ def test_train_checks_the_device_first_and_leaves_no_empty_out(tiny_build, tmp_p
                             "--out", str(tmp_path / "run"), "--device", "cuda", "--max-steps", "1"])
     assert r.exit_code == 2 and "CUDA is not available" in r.output, r.output
     assert "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_in_train_says_what_is_lost_and_leaves_no_empty_out(tiny_build, tmp_path, monkeypatch):
+    import nvdata.train.loop
+    from nvdata.mine.encode import default_encoder_path
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nvdata.train.loop, "batch_stream", interrupted)  # after the model loaded
+    _, build, _ = tiny_build
+    r = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(build), "--model", str(default_encoder_path()),
+                            "--out", str(tmp_path / "run"), "--device", "cpu", "--max-steps", "1"])
+    assert r.exit_code == 130 and "interrupted before the first checkpoint" in r.output, r.output
     assert not (tmp_path / "run").exists()
 
 
