@@ -92,6 +92,22 @@ def _readme(splits: dict[str, int], snippet: str) -> str:
     )
 
 
+def _batches(shard: Path):
+    for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS):
+        yield pa.Table.from_batches([batch]).cast(ROW)
+
+
+def _write_jsonl(shard: Path, dest: Path) -> tuple[int, int]:
+    """The shard's rows as JSON lines; returns (rows, negatives)."""
+    rows = negatives = 0
+    with open(dest, "w", encoding="utf-8") as f:
+        for t in _batches(shard):
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in t.to_pylist())
+            rows += t.num_rows
+            negatives += pc.sum(pc.list_value_length(t.column("negatives"))).as_py() or 0
+    return rows, negatives
+
+
 class _SplitWriters:
     """One ParquetWriter per split, opened on its first rows."""
 
@@ -135,18 +151,14 @@ def export_build(build: Path, to: Path, *, fmt: str = "sentence-transformers",
     with staged_dir(to) as tmp:
         writers = _SplitWriters(tmp)
         try:
-            for i, s in enumerate(shards):
-                t = pq.read_table(s).cast(ROW)
+            for i, s in enumerate(shards):  # one record batch at a time: memory bounded by BATCH_ROWS
                 if fmt == "jsonl":
-                    with open(tmp / f"part-{i:05d}.jsonl", "w", encoding="utf-8") as f:
-                        for r in t.to_pylist():
-                            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                    rows += t.num_rows
-                    negatives += pc.sum(pc.list_value_length(t.column("negatives"))).as_py() or 0
+                    r, n = _write_jsonl(s, tmp / f"part-{i:05d}.jsonl")
+                    rows, negatives = rows + r, negatives + n
                     continue
-                for batch in t.to_batches(BATCH_ROWS):
+                for t in _batches(s):
                     by_count: dict[int, list[dict]] = {}
-                    for r in batch.to_pylist():
+                    for r in t.to_pylist():
                         k = len(r["negatives"])
                         if num_negatives is None:
                             by_count.setdefault(k, []).append(r)
