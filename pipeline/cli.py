@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,10 +25,10 @@ err = Console(stderr=True, soft_wrap=True)
 
 MirrorOpt = Annotated[Optional[Path], typer.Option("--mirror", help="Local Hub-layout mirror: DIR/<org>/<name>/.")]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="Use the bundled sample mirror.")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Stage cache folder.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="Cache folder (default: $NVDATA_CACHE, else ~/.cache/nvdata; shared by every command).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most N rows per source.")]
-RESUME = "interrupted; re-run to resume"
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda when present).")]
+RESUME = "interrupted; re-run to resume"
 
 
 def _run(fn, *args, on_interrupt=RESUME, **kwargs):
@@ -207,7 +207,8 @@ def instructions_cmd(
             console.print()
         return
     cols = ["set", "name", "instruction", "document_instruction", "origin"]
-    _print_rows("instructions", cols, [[str(r[c]) if r.get(c) is not None else "" for c in cols] for r in rows], fmt)
+    cell = lambda v: "" if v is None else json.dumps(v) if isinstance(v, bool) else str(v)  # noqa: E731
+    _print_rows("instructions", cols, [[cell(r.get(c)) for c in cols] for r in rows], fmt)
 
 
 @app.command("decontaminate")
