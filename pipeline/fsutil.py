@@ -45,7 +45,7 @@ def check_output_dir(
     Allowed: a path that does not exist, an empty folder, or a folder holding one of
     ``OUTPUT_MARKERS[kind]`` (an earlier output of the same kind). ``overwrite`` also allows any
     other non-empty folder. Never allowed, whatever ``overwrite`` says: a file, the current
-    directory or one of its parents, the cache folder or a parent of it, and any of ``inputs``
+    directory or one of its parents, the home folder or one of its parents, the cache folder or a parent of it, and any of ``inputs``
     (the data the command reads) or a parent of one. Call it before any work. Returns the
     resolved path.
     """
@@ -57,6 +57,9 @@ def check_output_dir(
         raise NvdataError(f"output {given} is a file, not a folder: give a folder path (nothing was written)")
     if _is_within(Path.cwd().resolve(), p):
         raise NvdataError(f"output {given} is the current directory or contains it: give a subfolder "
+                          "(nothing was written)")
+    if _is_within(Path.home().resolve(), p):
+        raise NvdataError(f"output {given} is your home folder or contains it: give a subfolder "
                           "(nothing was written)")
     if cache is not None and _is_within(Path(cache).expanduser().resolve(), p):
         raise NvdataError(f"output {given} is the cache folder {cache} or contains it: give another folder "

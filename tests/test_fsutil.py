@@ -30,12 +30,15 @@ def test_never_a_file_the_current_directory_the_cache_or_the_input(tmp_path, mon
     (tmp_path / "existing.txt").write_text("mine")
     (tmp_path / "proj" / "sub").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "proj" / "sub")
+    (tmp_path / "home" / "me").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home" / "me"))
     cases = [
         (tmp_path / "existing.txt", {}, "is a file"),
         (tmp_path / "proj" / "sub", {}, "current directory"),
         (tmp_path / "proj", {}, "current directory"),  # a parent of CWD
         (tmp_path / "c", {"cache": tmp_path / "c" / "cache"}, "cache folder"),
         (tmp_path / "b", {"inputs": [tmp_path / "b"]}, "would replace the input"),
+        (tmp_path / "home", {}, "home folder"),
     ]
     for path, kw, message in cases:
         with pytest.raises(NvdataError, match=message):
