@@ -137,12 +137,12 @@ def _umask():
 
 
 def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path, monkeypatch):
-    import nvdata.build
+    import nvdata.sources
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(nvdata.build, "download_source", interrupted)
+    monkeypatch.setattr(nvdata.sources, "stream_split", interrupted)  # Ctrl-C while reading a source
     r = runner.invoke(app, ["build", "--recipe", "stage1", "--sample", "--out", str(tmp_path / "o"),
                             "--cache", str(tmp_path / "c")])
     assert r.exit_code == 130 and "interrupted; re-run to resume" in r.output
