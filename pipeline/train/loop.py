@@ -37,6 +37,7 @@ import torch
 
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import staged_dir
+from nvdata.preflight import preflight
 from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
 from nvdata.train.loss import InfoNCELoss, contrastive_backward
 from nvdata.train.model import build_model, checkpoint_base_model, count_parameters, resolve_model_name, same_model
@@ -278,6 +279,7 @@ def train(
     init: Path | None = None,
     device: str | None = None,
     stage: int | None = None,
+    overwrite: bool = False,
     progress_console=None,
 ) -> dict:
     """Train ``model`` on the shards of ``data_dir`` and write the result to ``out``.
@@ -287,12 +289,15 @@ def train(
     error naming both) or when ``out`` holds a checkpoint to resume. ``stage`` (1 or 2)
     overrides ``cfg.stage``; ``init`` is a folder written by an earlier run (stage 2 continues
     from stage 1). If ``out`` holds a checkpoint of the same config the run resumes from it
-    (model, optimizer, scheduler, RNG, data position) and says so. Interrupted (Ctrl-C,
-    SIGINT), the run saves a checkpoint of its last finished step, says where, and re-raises
-    ``KeyboardInterrupt``. Progress: a rich bar on a terminal, a line every ``cfg.log_every``
-    steps otherwise (``progress.TrainProgress``, on stderr). Returns the summary that is also
-    written to ``out/train_summary.json``.
+    (model, optimizer, scheduler, RNG, data position) and says so. ``out`` must be new, empty or
+    an earlier run (``overwrite``: any folder but the data), checked with the device before any
+    work. Interrupted (Ctrl-C, SIGINT), the run saves a checkpoint of its last finished step,
+    says where, and re-raises ``KeyboardInterrupt``. Progress: a rich bar on a terminal, a line
+    every ``cfg.log_every`` steps otherwise (``progress.TrainProgress``, on stderr). Returns the
+    summary that is also written to ``out/train_summary.json``.
     """
+    # before any work: --out new/empty/an earlier run (or overwrite), never the data; the device
+    preflight(out, "train", overwrite=overwrite, inputs=(data_dir, init), device=device)
     cfg = cfg.resolved(stage)
     out = Path(out)
     files = shard_files(Path(data_dir))
