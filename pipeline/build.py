@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import emit
 from nvdata.errors import NvdataError
 from nvdata.fsutil import staged_dir
@@ -131,14 +132,16 @@ def _decontaminate(raw: RawSource, entry: SourceEntry, recipe: Recipe, index, ca
             for kind, path in parts:
                 table = pq.read_table(path)
                 id_col = "doc_id" if kind == "corpus" else "row_index"
+                checked = decontam.DecontamCounts()
                 clean, kind_hits = decontam.decontaminate_table(
                     table, DECONTAM_FIELDS[kind], source=entry.name, index=index,
-                    cfg=recipe.decontamination, id_column=id_col)
+                    cfg=recipe.decontamination, id_column=id_col, counts=checked)
                 for h in kind_hits:
                     h.setdefault("table", kind)
                 hits.extend(kind_hits)
                 counts[kind] = {"checked": table.num_rows, "kept": clean.num_rows,
-                                "dropped": table.num_rows - clean.num_rows}
+                                "dropped": table.num_rows - clean.num_rows,
+                                "texts": checked.sources.get(entry.name, {}).get("texts_checked", 0)}
                 pq.write_table(clean, tmp / path.name, compression="zstd")
             emit.write_json(tmp / "hits.json", hits)
             emit.write_json(tmp / "counts.json", counts)
@@ -291,7 +294,7 @@ def run_build(
             main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
-            say("decontaminate", done, len(raws), f"{name}: dropped {results[name].decontam_dropped}")
+            say("decontaminate", done, len(raws), f"{name}: {named_counts.decontamination_line(counts)}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
@@ -334,9 +337,10 @@ def run_build(
             r.rows = len(negs)
             lens = pa.compute.list_value_length(negs).to_numpy(zero_copy_only=False)
             r.mean_negatives = float(lens.mean()) if len(lens) else 0.0
+            r.details["negatives_per_row"] = {str(k): int(v) for k, v in zip(*np.unique(lens, return_counts=True))}
             say("mine", done, len(raws), f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
 
-    # 5. write
+    # 5. write: shards, then the reports, manifest and data card, all from one set of counts
     with timer("write"):
         live = [r for r in results.values() if r.rows > 0]
         with emit.atomic_output(out) as tmp:
@@ -344,38 +348,16 @@ def run_build(
                 [r.rows_file for r in live], tmp / "shards", seed=recipe.seed,
                 shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
                 in_batch_negatives=recipe.in_batch_negatives)
-            decontam_summary = decontam.write_report(
-                all_hits, {n: results[n].details["decontam_counts"] for n in raws}, tmp / "reports",
-                index=index, cfg=recipe.decontamination)
-            emit.write_json(tmp / "reports" / "mining.json", mine_reports)
-            manifest = {
-                "nvdata_manifest_version": 1,
-                "recipe": recipe.to_dict(),
-                "recipe_path": recipe.path,
-                "config_hash": recipe.config_hash(),
-                "seed": recipe.seed,
-                "encoder": encoder,
-                "mirror": str(mirror) if mirror else None,
-                "limit": limit,
-                "versions": emit.library_versions(),
-                "total_rows": sum(s["rows"] for s in shards),
-                "shards": shards,
-                "sources": {
-                    r.name: {
-                        "task_type": r.task_type, "raw_rows": r.raw_rows, "rows": r.rows,
-                        "decontam_dropped": r.decontam_dropped,
-                        "mean_negatives": round(r.mean_negatives, 4),
-                        "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
-                        "format": r.details.get("format_report"),
-                    }
-                    for r in results.values()
-                },
-                "skipped_sources": skipped,
-                "decontamination": decontam_summary,
-            }
-            instructions = {n: instruction_for_source(n) for n in results}
-            (tmp / "README.md").write_text(
-                emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
+            manifest = emit.build_manifest(
+                recipe, results=results.values(), mine_reports=mine_reports, shards=shards,
+                skipped=skipped, encoder=encoder, dense_mined=lazy_encoder is not None,
+                mirror=mirror, limit=limit)
+            manifest["decontamination"] = emit.write_reports(
+                tmp / "reports", manifest, hits=all_hits, mine_reports=mine_reports, index=index,
+                decontam_counts={n: results[n].details["decontam_counts"] for n in raws},
+                negatives_per_row={r.name: r.details.get("negatives_per_row", {}) for r in live})
+            emit.write_data_card(tmp / "README.md", manifest, registry,
+                                 {n: instruction_for_source(n) for n in results})
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
     say("write", 1, 1, f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
     return BuildResult(out, manifest, list(results.values()), timer.t, skipped)

@@ -42,7 +42,7 @@ import pyarrow as pa
 
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
-from nvdata.mine import filters
+from nvdata.mine import filters, stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
@@ -388,7 +388,7 @@ def _mine(
     np.minimum.at(min_positive, queries.of_row, positive_score.astype(np.float64))
 
     t0 = time.perf_counter()
-    chosen_idx, chosen_scores, removed, considered = _filter_and_select(
+    chosen_idx, chosen_scores, removed, considered, removed_scores = _filter_and_select(
         cand_scores, cand_idx, corpus, queries, positive_idx, query_at, min_positive, cfg, seed
     )
     filter_seconds = time.perf_counter() - t0
@@ -419,7 +419,7 @@ def _mine(
                 "dropped": int((short & ~kept_rows).sum()),
                 "without_negatives": int((counts == 0).sum()),
             },
-            "scores": _score_summary(mined),
+            **_score_summary(mined, removed_scores),
         }
     )
     enc_after = enc.stats.to_dict()
@@ -479,12 +479,14 @@ def _filter_and_select(
     cfg: DenseConfig,
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """Apply every filter in ``FILTER_ORDER`` and select; returns per-query choices + counts."""
+    """Apply every filter in ``FILTER_ORDER`` and select; returns per-query choices, counts and
+    the histogram of the scores each filter removed."""
     n_q, _ = cand_idx.shape
     num = cfg.num_negatives
     chosen_idx = np.full((n_q, num), -1, dtype=np.int64)
     chosen_scores = np.full((n_q, num), np.nan, dtype=np.float32)
     removed = dict.fromkeys(FILTER_ORDER, 0)
+    removed_scores = {name: stats.Histogram(*stats.COSINE_RANGE, stats.COSINE_BINS) for name in FILTER_ORDER}
     considered = 0
     texts = corpus.column("text")
     doc_hash = np.zeros(corpus.num_rows, dtype=np.int64)  # 0 = not hashed yet
@@ -510,6 +512,7 @@ def _filter_and_select(
         for name, mask_fn in steps.items():
             hit = mask_fn() & alive
             removed[name] += int(hit.sum())
+            removed_scores[name].add(scores[hit])
             alive &= ~hit
         # The candidate list is top_k deep once positives and copies are out; the slack
         # fetched to make room for them is not part of it.
@@ -528,6 +531,7 @@ def _filter_and_select(
                 continue
             hit = mask_fn() & alive
             removed[name] += int(hit.sum())
+            removed_scores[name].add(scores[hit])
             alive &= ~hit
 
         if cfg.sampling == "top":
@@ -538,7 +542,7 @@ def _filter_and_select(
         safe = np.maximum(pos, 0)
         chosen_idx[sl] = np.where(valid, np.take_along_axis(idx, safe, axis=1), -1)
         chosen_scores[sl] = np.where(valid, np.take_along_axis(scores, safe, axis=1), np.nan)
-    return chosen_idx, chosen_scores, removed, considered
+    return chosen_idx, chosen_scores, removed, considered, removed_scores
 
 
 def _assemble(
@@ -582,26 +586,21 @@ def _assemble(
     return out, kept, counts
 
 
-_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-
-
-def _quantiles(values: np.ndarray) -> dict:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"count": 0}
-    qs = np.quantile(values.astype(np.float64), _QUANTILES)
-    out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
-    out.update({f"q{int(q * 100):02d}": round(float(v), 6) for q, v in zip(_QUANTILES, qs)})
-    return out
-
-
-def _score_summary(mined: pa.Table) -> dict:
+def _score_summary(mined: pa.Table, removed_scores: dict) -> dict:
+    """``scores`` (quantiles) and ``score_histograms`` (fixed cosine bins) of the positives, the
+    kept negatives, their margins, and the candidates each filter removed (``mine.stats``)."""
     pos = mined.column("positive_score").to_numpy(zero_copy_only=False).astype(np.float64)
     negs = mined.column("negative_scores").combine_chunks()
     neg_values = negs.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
     lengths = negs.value_lengths().to_numpy(zero_copy_only=False)
     margin = np.repeat(pos, lengths) - neg_values  # positive minus each of its row's negatives
-    return {"positive": _quantiles(pos), "negative": _quantiles(neg_values), "margin": _quantiles(margin)}
+    hist = stats.score_histograms(*stats.COSINE_RANGE, stats.COSINE_BINS, positive=pos, negative=neg_values)
+    hist["removed"] = {name: h.counts.tolist() for name, h in removed_scores.items() if h.counts.any()}
+    return {
+        "scores": {name: stats.score_quantiles(v) for name, v in
+                   (("positive", pos), ("negative", neg_values), ("margin", margin))},
+        "score_histograms": hist,
+    }
 
 
 def _report_skeleton(source: str, cfg: DenseConfig, enc: Encoder | None, n_rows: int, n_corpus: int, n_q: int) -> dict:
