@@ -252,13 +252,14 @@ def _print_build_summary(name: str, res) -> None:
     header, body = counts.table(res.manifest["sources"])
     t = Table(title=f"nvdata build: {name}")
     for i, col in enumerate(header):
-        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i == 0)
     for row in body:
         t.add_row(*row, style="bold" if row[0] == "total" else None)
     for skipped in res.skipped:
         t.add_row(skipped, *(["-"] * (len(header) - 2)), "skipped")
     # A log file or CI page is not a terminal: print the table whole rather than squeezed to 80.
-    console.print(t, width=None if console.is_terminal else max(console.width, 200))
+    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
+    wide.print(t)
     for skipped, why in res.skipped.items():
         console.print(f"[yellow]skipped {skipped}:[/] {why}")
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
