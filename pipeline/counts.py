@@ -25,7 +25,11 @@ negatives than requested under ``on_shortfall: drop``). What is left is **rows o
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 
 @dataclass(frozen=True)
@@ -178,3 +182,31 @@ def markdown_table(per_source: Mapping[str, Mapping], keys: Iterable[str] | None
     if legend:
         lines += [""] + [f"- *{COLUMN[k].label}*: {COLUMN[k].meaning}." for k in keys]
     return "\n".join(lines)
+
+
+@dataclass
+class NegativesPerRow:
+    """How many rows carry 0, 1, 2 ... negatives: ``add`` each batch's ``negatives`` column,
+    ``to_dict`` gives ``{"7": rows, ...}`` (the manifest's ``negatives_histogram``)."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, negatives: pa.Array | pa.ChunkedArray) -> None:
+        lengths = pc.fill_null(pc.list_value_length(negatives), 0).to_numpy(zero_copy_only=False)
+        found = np.bincount(np.asarray(lengths, dtype=np.int64), minlength=len(self.counts))
+        found[: len(self.counts)] += self.counts
+        self.counts = found
+
+    def to_dict(self) -> dict[str, int]:
+        return {str(n): int(c) for n, c in enumerate(self.counts) if c}
+
+
+def negatives_per_row_of(rows_file, batch_rows: int = 65_536) -> dict[str, int]:
+    """:class:`NegativesPerRow` of a rows Parquet file, streamed (for an executor whose stage
+    results do not carry it)."""
+    import pyarrow.parquet as pq
+
+    h = NegativesPerRow()
+    for b in pq.ParquetFile(rows_file).iter_batches(batch_size=batch_rows, columns=["negatives"]):
+        h.add(b.column(0))
+    return h.to_dict()

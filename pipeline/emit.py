@@ -119,13 +119,15 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(recipe, *, results, mine_reports: dict, shards: list[dict], skipped: dict,
-                   encoder: str | None, dense_mined: bool, mirror, limit) -> dict:
+                   encoder: str | None, dense_mined: bool, mirror, limit,
+                   negatives_per_row: dict[str, dict]) -> dict:
     """``manifest.json``'s content (its ``decontamination`` summary is added by
     :func:`write_reports`). Per source: task type, weight, max_rows, the format report and the
     named counts of :func:`nvdata.counts.source_counts`, the numbers every other output shows.
 
     ``results``: the build's ``SourceResult``s; ``encoder``: the dense miner as given (None:
-    the bundled default, recorded by its Hub id); ``dense_mined``: whether any source used it.
+    the bundled default, recorded by its Hub id); ``dense_mined``: whether any source used it;
+    ``negatives_per_row``: ``{source: {n_negatives: rows}}``.
     """
     from nvdata.card import encoder_name
 
@@ -138,7 +140,7 @@ def build_manifest(recipe, *, results, mine_reports: dict, shards: list[dict], s
             **counts.source_counts(r.name, decontamination=r.details["decontam_counts"], format_report=fmt,
                                    mine_report=mine_reports.get(r.name), rows=r.rows,
                                    negatives_per_row=r.mean_negatives),
-            "negatives_histogram": r.details.get("negatives_per_row", {}),
+            "negatives_histogram": negatives_per_row.get(r.name, {}),
             "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
             "format": fmt,
         }
