@@ -256,7 +256,7 @@ def _print_build_summary(name: str, res) -> None:
     for row in body:
         t.add_row(*row, style="bold" if row[0] == "total" else None)
     for skipped in res.skipped:
-        t.add_row(skipped, *(["-"] * (len(header) - 2)), "skipped")
+        t.add_row(skipped, "skipped", *(["-"] * (len(header) - 2)))
     # A log file or CI page is not a terminal: print the table whole rather than squeezed to 80.
     wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
     wide.print(t)
