@@ -89,9 +89,9 @@ def _mining_line(manifest: dict) -> str:
     parts = []
     if dense:
         d = manifest["recipe"].get("mining", {}).get("dense", {})
-        margin = d.get("relative_margin")
+        margins = [f"{k.replace('_', ' ')} {d[k]}" for k in ("relative_margin", "absolute_margin") if d.get(k) is not None]
         parts.append(f"dense (retrieval), mined with `{encoder_name(dense)}`"
-                     + (f", NV-Retriever's positive-aware filter at relative margin {margin}" if margin is not None else ""))
+                     + (f", NV-Retriever's positive-aware filter at {' and '.join(margins)}" if margins else ""))
     if any(s["task_type"] == "sts" for s in manifest["sources"].values()):
         parts.append("BM25 (STS)")
     if {"label", "example"} & set(methods):
@@ -113,6 +113,7 @@ def _decontam_settings(manifest: dict) -> dict:
                   else "no n-gram overlap"),
         "near_dup": (f"MinHash near-duplicates at Jaccard >= {d.minhash_threshold} on {d.shingle_size}-word "
                      f"shingles, {d.num_perm} permutations" if "near_dup" in methods else "no near-duplicate check"),
+        "exact": "exact normalized match" if "exact" in methods else "no exact-match check",
         "negative_policy": d.negative_policy,
         "raw_rows": dec.get("raw_rows", 0),
         "corpus_documents": dec.get("corpus_documents", 0),

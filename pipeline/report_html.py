@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,7 +122,3 @@ def write_html_report(reports_dir: Path, manifest: Mapping, mining: Mapping, dec
     path = reports_dir / "report.html"
     path.write_text(page, encoding="utf-8")
     return path
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
