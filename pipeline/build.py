@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 from nvdata import counts as named_counts
 from nvdata import emit
 from nvdata.errors import NvdataError
-from nvdata.paths import sample_mirror_dir
+from nvdata.paths import default_cache_dir, sample_mirror_dir
+from nvdata.preflight import preflight
 from nvdata.recipe import Recipe
 from nvdata.registry import load_registry
 from nvdata.sources import download_source, obtainable
@@ -64,6 +65,7 @@ def run_build(
     limit: int | None = None,
     force: bool = False,
     cache: Path | None = None,
+    overwrite: bool = False,
     progress: Callable[[str, int, int, str], None] | None = None,
     engine: str = "local",
     ray_address: str | None = None,
@@ -71,6 +73,8 @@ def run_build(
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
     ``progress(stage, done, total, message)`` is called after each source of each stage.
+    OUT, the device and the encoder are checked before any work (``nvdata.preflight``); OUT
+    may be new, empty or an earlier build, or any folder with ``overwrite``.
     ``engine`` picks the executor of the stages (:mod:`nvdata.engine`): ``local`` (this
     process) or ``ray`` (a Ray cluster at ``ray_address``; None starts a local one); the
     write step is the same for both, and so are the shards.
@@ -83,9 +87,11 @@ def run_build(
         mirror = sample_mirror_dir()
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
-    cache = Path(cache or out.parent / ".nvdata-cache")
-    if force and cache.exists():
-        shutil.rmtree(cache)
+    cache = Path(cache) if cache else default_cache_dir()
+    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
+    if force:  # nvdata's own stage folders only: the cache may be shared, or a folder of the user's
+        for sub in ("raw", "decontaminate", "format", "mine", "embeddings", "test-index"):
+            shutil.rmtree(cache / sub, ignore_errors=True)
     say = progress or (lambda stage, done, total, msg: None)
     timer = Timer()
     registry = load_registry()
@@ -108,7 +114,7 @@ def run_build(
                        for r in live}
             manifest = emit.build_manifest(
                 recipe, results=results.values(), mine_reports=mine_reports, shards=shards,
-                skipped=skipped, encoder=encoder, mirror=mirror, limit=limit, negatives_per_row=per_row,
+                skipped=skipped, encoder=encoder, mirror=mirror, sample=sample, limit=limit, negatives_per_row=per_row,
                 dense_mined=any(rep.get("method") == "dense" for rep in mine_reports.values()))
             manifest["decontamination"] = emit.write_reports(
                 tmp / "reports", manifest, hits=all_hits, mine_reports=mine_reports, index=index,

@@ -144,7 +144,7 @@ def library_versions() -> dict[str, str]:
 
 
 def build_manifest(recipe, *, results, mine_reports: dict, shards: list[dict], skipped: dict,
-                   encoder: str | None, dense_mined: bool, mirror, limit,
+                   encoder: str | None, dense_mined: bool, mirror, sample: bool, limit,
                    negatives_per_row: dict[str, dict]) -> dict:
     """``manifest.json``'s content (its ``decontamination`` summary is added by
     :func:`write_reports`). Per source: task type, weight, max_rows, the format report and the
@@ -177,6 +177,7 @@ def build_manifest(recipe, *, results, mine_reports: dict, shards: list[dict], s
         "seed": recipe.seed,
         "encoder": (encoder if encoder is not None else encoder_name(None)) if dense_mined else None,
         "mirror": str(mirror) if mirror else None,
+        "sample": sample,  # audit re-checks against the bundled sample wherever it is installed
         "limit": limit,
         "versions": library_versions(),
         "total_rows": sum(s["rows"] for s in shards),
