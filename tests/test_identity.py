@@ -102,7 +102,7 @@ def test_a_real_build_and_training_run_keep_one_identity(tmp_path):
     }))
     res = run_build(load_recipe(recipe), out=tmp_path / "out", mirror=mirror, cache=tmp_path / "cache")
     squad = res.manifest["sources"]["squad"]
-    assert squad["decontam_dropped"] == 1 and squad["format"]["duplicates_merged"] == 1
+    assert squad["dropped_decontamination"] == 1 and squad["duplicates_merged"] == 1
     rows = list(iter_rows(shard_files(tmp_path / "out"), seed=0, epoch=0, shuffle_buffer=0))
     assert len(rows) == len(filler) + 2 and not [r for r in rows if "can\u00adcel" in r["positive"]]
     rings = [r for r in rows if r["query"] in {q for q, _ in RINGS}]
@@ -118,7 +118,7 @@ def test_a_real_build_and_training_run_keep_one_identity(tmp_path):
     train(cfg, data_dir=tmp_path / "out", model=str(get_model_path()), out=tmp_path / "train", device="cpu")
     metrics = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [m["rows"] for m in metrics] == [len(rows)] * 2 and all(m["masked_duplicates"] >= 2 for m in metrics)
-    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"]["squad"]["format"]["duplicates_merged"] == 1
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["sources"]["squad"]["duplicates_merged"] == 1
     assert pq.ParquetFile(next((tmp_path / "out" / "shards").glob("*.parquet"))).metadata.num_rows == len(rows)
 
 
