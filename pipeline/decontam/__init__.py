@@ -324,15 +324,9 @@ def _audit_mirror(manifest: dict, mirror: Path | None, where: Path) -> Path | No
 
 def _require_mirrored(cfg: DecontamConfig, mirror: Path) -> None:
     """Every test set must be in ``mirror``: a missing one must not be fetched from the Hub unasked."""
-    from nvdata.decontam.testsets import repo_location, resolve_test_sets
+    from nvdata.decontam.testsets import require_mirrored, resolve_test_sets
 
-    if not Path(mirror).is_dir():
-        raise NvdataError(f"audit: mirror directory {mirror} does not exist")
-    missing = [s for s in resolve_test_sets(cfg) if repo_location(s, mirror) is None]
-    if missing:
-        shown = ", ".join(f"{s.task} ({Path(mirror) / s.path})" for s in missing[:5])
-        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise NvdataError(f"audit: mirror {mirror} lacks {len(missing)} test set(s): {shown}{more}")
+    require_mirrored(resolve_test_sets(cfg), mirror, what="audit")
 
 
 def audit_build(

@@ -43,6 +43,7 @@ from nvdata.decontam.testsets import (
     iter_test_texts,
     mirror_fingerprint,
     repo_location,
+    require_mirrored,
     resolve_test_sets,
 )
 from nvdata.decontam.text import (
@@ -95,6 +96,8 @@ def index_identity(cfg: DecontamConfig, specs: list[TestSetSpec], mirror: Path |
 def build_test_index(cfg: DecontamConfig, *, mirror: Path | None, cache_dir: Path) -> TestIndex:
     """Load the index for ``cfg``'s test sets from ``cache_dir``, building it first if needed."""
     specs = resolve_test_sets(cfg)
+    if mirror is not None:
+        require_mirrored(specs, Path(mirror))
     identity = index_identity(cfg, specs, Path(mirror) if mirror else None)
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     out = Path(cache_dir) / "decontam" / f"index-{key[:24]}"

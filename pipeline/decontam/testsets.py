@@ -161,6 +161,26 @@ def repo_location(spec: TestSetSpec, mirror: Path | None) -> Path | None:
     return None
 
 
+def require_mirrored(specs, mirror: Path, *, what: str = "decontam") -> None:
+    """Raise unless ``mirror`` holds every test set of ``specs``.
+
+    With a mirror the user chose where data comes from: a test set missing from it is an error
+    naming it, never a silent download from the Hub (which on an air-gapped cluster would only
+    fail later, after retries, and elsewhere would check against a different snapshot).
+    """
+    mirror = Path(mirror)
+    if not mirror.is_dir():
+        raise NvdataError(f"{what}: mirror directory {mirror} does not exist")
+    missing = [s for s in specs if repo_location(s, mirror) is None]
+    if missing:
+        shown = ", ".join(f"{s.task} ({mirror / s.path})" for s in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise NvdataError(
+            f"{what}: mirror {mirror} lacks {len(missing)} test set(s): {shown}{more}; mirror each with "
+            f"`huggingface-cli download --repo-type dataset <id> --local-dir {mirror}/<id>`, or leave a task out with "
+            "decontamination.drop_tasks in the recipe")
+
+
 class _Loader:
     def __init__(self, spec: TestSetSpec, mirror: Path | None, hf_cache: Path | None) -> None:
         self.spec = spec
