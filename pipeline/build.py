@@ -8,6 +8,7 @@ and a re-run with one changed option redoes only the stages downstream of it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -26,7 +27,7 @@ from nvdata.errors import NvdataError
 from nvdata.fsutil import staged_dir
 from nvdata.paths import sample_mirror_dir
 from nvdata.recipe import Recipe
-from nvdata.registry import SourceEntry, load_registry
+from nvdata.registry import SourceEntry
 from nvdata.sources import RawSource, download_source, obtainable
 
 STAGES = ("download", "decontaminate", "format", "mine", "write")
@@ -152,7 +153,8 @@ def _format(entry, recipe, spec, clean_raw: Path, dkey: str, cache: Path, instru
     with stage_folder(cache, "format", entry.name, key) as (final, tmp):
         if tmp is not None:
             raw = pq.read_table(clean_raw)
-            rows, report = format_source(entry, raw, recipe.format, recipe.seed)
+            rows, report = format_source(entry, raw, recipe.format, recipe.seed,
+                                         instructions=recipe.instructions())
             capped = _cap_rows(rows, spec.max_rows, recipe.seed, entry.name)
             report = dict(report, capped=rows.num_rows - capped.num_rows)
             pq.write_table(capped, tmp / "rows.parquet", compression="zstd")
@@ -209,6 +211,54 @@ def _mine_bm25(entry, recipe, fmt_dir, fkey, pools: dict[str, Path], pool_keys, 
     return final
 
 
+def _mine_sts_dense(entry, recipe, fmt_dir, fkey, pools: dict[str, Path], pool_keys, cache,
+                    encoder: _LazyEncoder):
+    """mining.sts.method: dense (arXiv 2405.17428 v3 section 4.2), nvdata.mine.bm25."""
+    from nvdata.mine.bm25 import mine_sts_dense_negatives
+
+    key = key_of(fkey, "sts-dense", recipe.bm25.to_dict(), recipe.dense.to_dict(), encoder.fingerprint,
+                 pool_keys, recipe.seed)
+    with stage_folder(cache, "mine", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            rows = pq.read_table(fmt_dir / "rows.parquet")
+            pool_tables = {name: pq.read_table(p) for name, p in pools.items()}
+            mined, report = mine_sts_dense_negatives(
+                rows, pool_tables, recipe.bm25, recipe.dense, encoder=encoder.get(),
+                device=encoder.device, cache_dir=Path(cache) / "embeddings", seed=recipe.seed)
+            pq.write_table(mined, tmp / "rows.parquet", compression="zstd")
+            emit.write_json(tmp / "report.json", report)
+    return final
+
+
+def _test_similarity_filter(entry, recipe, clean_dir: Path, dkey: str, cache: Path, mirror):
+    """recipe test_similarity_filter (arXiv 2405.17428 v3 section 4.2): drop the rows of a
+    decontaminated table whose BM25 score against the named MTEB test set is above threshold."""
+    from nvdata.decontam import DecontamConfig
+    from nvdata.decontam.testsets import iter_test_texts, resolve_test_sets
+    from nvdata.mine.bm25 import filter_by_test_similarity
+
+    f = recipe.test_similarity
+    task = dict(f.sources)[entry.name]
+    key = key_of(dkey, f.to_dict(), recipe.bm25.to_dict(), str(mirror))
+    with stage_folder(cache, "similarity", entry.name, key) as (final, tmp):
+        if tmp is not None:
+            specs = resolve_test_sets(DecontamConfig(benchmarks=(), add_tasks=(task,)))
+            texts = [(f"{t.task}/{t.split}/{t.item_id}", t.text) for s in specs
+                     for t in iter_test_texts(s, mirror)]
+            field = DECONTAM_FIELDS[entry.task_type][0] if entry.task_type != "retrieval" else "query"
+            name = "pairs.parquet" if entry.task_type == "retrieval" else "data.parquet"
+            table = pq.read_table(clean_dir / name)
+            kept, dropped = filter_by_test_similarity(table, field, texts, f.threshold, recipe.bm25)
+            for other in clean_dir.glob("*.parquet"):
+                if other.name != name:
+                    shutil.copy(other, tmp / other.name)
+            pq.write_table(kept, tmp / name, compression="zstd")
+            emit.write_json(tmp / "report.json", {
+                "test_set": task, "threshold": f.threshold, "test_texts": len(texts),
+                "rows_checked": table.num_rows, "rows_dropped": len(dropped), "dropped": dropped})
+    return final, key
+
+
 def _no_mining(entry, fmt_dir, fkey, cache):
     """Classification / clustering rows got their label negatives at formatting time."""
     with stage_folder(cache, "mine", entry.name, fkey) as (final, tmp):
@@ -233,10 +283,13 @@ def run_build(
     force: bool = False,
     cache: Path | None = None,
     progress: Callable[[str, int, int, str], None] | None = None,
+    max_rows_per_source: int | None = None,
 ) -> BuildResult:
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
     ``progress(stage, done, total, message)`` is called after each source of each stage.
+    ``max_rows_per_source`` caps every source's formatted rows at once (with its own
+    ``max_rows``, the smaller wins; the paper's per-source counts are not available offline).
     """
     from nvdata import decontam
     from nvdata.instruct import instruction_for_source
@@ -252,10 +305,13 @@ def run_build(
         shutil.rmtree(cache)
     say = progress or (lambda stage, done, total, msg: None)
     timer = _Timer()
-    registry = load_registry()
+    registry = recipe.registry()  # the registry plus the recipe's own (custom) sources
     results: dict[str, SourceResult] = {}
     skipped: dict[str, str] = {}
-    specs = {s.name: s for s in recipe.sources}
+    if max_rows_per_source is not None and max_rows_per_source < 1:
+        raise NvdataError(f"--max-rows-per-source must be positive, got {max_rows_per_source}")
+    specs = {s.name: dataclasses.replace(s, max_rows=_min_limit(s.max_rows, max_rows_per_source))
+             for s in recipe.sources}
 
     # 1. download
     raws: dict[str, RawSource] = {}
@@ -292,11 +348,18 @@ def run_build(
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
             say("decontaminate", done, len(raws), f"{name}: dropped {results[name].decontam_dropped}")
+        # the paper's BM25-similarity-to-test filter (recipe test_similarity_filter)
+        for name in raws:
+            if recipe.test_similarity.enabled and name in dict(recipe.test_similarity.sources):
+                sdir, skey = _test_similarity_filter(registry[name], recipe, *decontam_dirs[name], cache, mirror)
+                decontam_dirs[name] = (sdir, skey)
+                results[name].details["test_similarity"] = json.loads((sdir / "report.json").read_text())
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
     with timer("format"):
-        instructions_key = _instructions_hash()
+        instructions_key = key_of(_instructions_hash(),
+                                  {n: i.row() for n, i in recipe.custom_instructions.items()})
         for done, name in enumerate(raws, 1):
             d, dkey = decontam_dirs[name]
             fdir, fkey = _format(registry[name], recipe, specs[name], d / raws[name].data_file.name,
@@ -323,7 +386,12 @@ def run_build(
                 pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
                 pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
                 pool_keys = [decontam_dirs[n][1] for n in pool_names]
-                mdir = _mine_bm25(entry, recipe, fdir, fkey, pools, pool_keys, cache)
+                if recipe.sts_method == "dense":  # mining.sts.method
+                    if lazy_encoder is None:
+                        lazy_encoder = _LazyEncoder(encoder, device, recipe.dense)
+                    mdir = _mine_sts_dense(entry, recipe, fdir, fkey, pools, pool_keys, cache, lazy_encoder)
+                else:
+                    mdir = _mine_bm25(entry, recipe, fdir, fkey, pools, pool_keys, cache)
             else:
                 mdir = _no_mining(entry, fdir, fkey, cache)
             mine_reports[name] = json.loads((mdir / "report.json").read_text())
@@ -348,6 +416,10 @@ def run_build(
                 all_hits, {n: results[n].details["decontam_counts"] for n in raws}, tmp / "reports",
                 index=index, cfg=recipe.decontamination)
             emit.write_json(tmp / "reports" / "mining.json", mine_reports)
+            similarity = {r.name: r.details["test_similarity"] for r in results.values()
+                          if "test_similarity" in r.details}
+            if similarity:
+                emit.write_json(tmp / "reports" / "test_similarity.json", similarity)
             manifest = {
                 "nvdata_manifest_version": 1,
                 "recipe": recipe.to_dict(),
@@ -357,6 +429,7 @@ def run_build(
                 "encoder": encoder,
                 "mirror": str(mirror) if mirror else None,
                 "limit": limit,
+                "max_rows_per_source": max_rows_per_source,
                 "versions": emit.library_versions(),
                 "total_rows": sum(s["rows"] for s in shards),
                 "shards": shards,
@@ -366,6 +439,7 @@ def run_build(
                         "decontam_dropped": r.decontam_dropped,
                         "mean_negatives": round(r.mean_negatives, 4),
                         "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
+                        "test_similarity_dropped": r.details.get("test_similarity", {}).get("rows_dropped"),
                         "format": r.details.get("format_report"),
                     }
                     for r in results.values()
@@ -373,7 +447,7 @@ def run_build(
                 "skipped_sources": skipped,
                 "decontamination": decontam_summary,
             }
-            instructions = {n: instruction_for_source(n) for n in results}
+            instructions = {n: instruction_for_source(n, recipe.instructions()) for n in results}
             (tmp / "README.md").write_text(
                 emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
@@ -397,7 +471,7 @@ def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=
     """`nvdata decontaminate`: download (cached) + decontaminate the sources, write the report."""
     from nvdata import decontam
 
-    registry = load_registry()
+    registry = recipe.registry()
     wanted = list(names or [s.name for s in recipe.sources])
     index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
     hits, counts = [], {}
@@ -419,7 +493,7 @@ def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirro
     from nvdata import decontam
     from nvdata.finetune import finetune_miner
 
-    registry = load_registry()
+    registry = recipe.registry()
     index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
     pair_files = []
     for spec in recipe.sources:

@@ -203,6 +203,7 @@ def build_cmd(
     limit: LimitOpt = None,
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Ignore every cached stage.")] = False,
+    max_rows_per_source: Annotated[Optional[int], typer.Option("--max-rows-per-source", min=1, help="Cap every source's formatted rows at N (seeded sample; a source's own max_rows still applies).")] = None,
 ):
     """Run a recipe end to end: download -> decontaminate -> format -> mine -> write."""
     from nvdata.build import run_build
@@ -223,7 +224,8 @@ def build_cmd(
             bar.console.print(f"[dim]{stage:>13}[/] {msg}")
 
         res = _run(run_build, rec, out=out, mirror=mirror, sample=sample, encoder=encoder, device=device,
-                   limit=limit, force=force, cache=cache, progress=on_progress)
+                   limit=limit, force=force, cache=cache, progress=on_progress,
+                   max_rows_per_source=max_rows_per_source)
     t = Table(title=f"nvdata build: {rec.name}")
     for col in ("source", "task type", "raw rows", "dropped (decontam)", "rows out", "negatives/row"):
         t.add_column(col, justify="right" if col not in ("source", "task type") else "left")
