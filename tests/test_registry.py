@@ -100,3 +100,28 @@ def test_bad_registry_is_rejected_naming_source_and_key(tmp_path, mutate, messag
     p.write_text(yaml.safe_dump(doc))
     with pytest.raises(NvdataError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_registry(p)
+
+
+def test_passages_and_clusters_layouts_map_rows_and_refuse_bad_ones(registry):
+    import pyarrow as pa
+
+    from nvdata.layouts import explode_cluster_sets, map_passages
+
+    passage = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+    batch = pa.table({"query_id": ["7"], "query": ["who wrote it"],
+                      "positive_passages": pa.array([[{"docid": "a", "title": "T", "text": "x"},
+                                                      {"docid": "b", "title": "", "text": "y"}]], pa.list_(passage)),
+                      "negative_passages": pa.array([[{"docid": "a", "title": "T", "text": "x"},
+                                                      {"docid": "c", "title": None, "text": "z"}]], pa.list_(passage))})
+    pairs, docs = next(map_passages(registry["miracl"], iter([batch])))
+    assert pairs.column("positive").to_pylist() == ["T x", "y"] and pairs.column("query_id").to_pylist() == ["7", "7"]
+    assert docs.column("doc_id").to_pylist() == ["a", "b", "c"]  # deduplicated by docid
+    empty = batch.set_column(2, "positive_passages", pa.array([[]], pa.list_(passage)))
+    with pytest.raises(NvdataError, match="row 0: field 'positive_passages' has no positive passage"):
+        list(map_passages(registry["miracl"], iter([empty])))
+    sets = pa.table({"sentences": [["a", "b"], ["c"]], "labels": [["x", "y"], ["x"]]})
+    flat = next(explode_cluster_sets(registry["stackexchange_clustering"], iter([sets])))
+    assert flat.column("sentences").to_pylist() == ["a", "b", "c"] and flat.column("labels").to_pylist() == ["x", "y", "x"]
+    bad = pa.table({"sentences": [["a", "b"]], "labels": [["x"]]})
+    with pytest.raises(NvdataError, match="cluster set 0"):
+        list(explode_cluster_sets(registry["stackexchange_clustering"], iter([bad])))
