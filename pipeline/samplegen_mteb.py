@@ -390,7 +390,7 @@ PLANT_PLAN = [
     ("exact", "scifact", "query", "SciFact"),
     ("ngram13", "nfcorpus", "corpus", "NFCorpus"),
     ("variant", "massive_intent", "text", "MassiveIntentClassification"),
-    ("exact", "mtop_domain", "text", "MTOPDomainClassification"),
+    ("exact", "massive_scenario", "text", "MassiveScenarioClassification"),
     ("ngram13", "amazon_polarity", "text", "AmazonPolarityClassification"),
     ("exact", "reddit_clustering", "text", "RedditClustering"),
 ]

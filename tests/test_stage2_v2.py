@@ -54,7 +54,7 @@ def test_v2_siblings_are_decontaminated_against_their_own_test_sets(v2_build):
     out, _ = v2_build
     plants = [p for p in json.loads((sample_mirror_dir() / "PLANTS.json").read_text())
               if p["source"] in V2_SIBLINGS]
-    assert {p["source"] for p in plants} >= {"scifact", "nfcorpus", "massive_intent", "mtop_domain",
+    assert {p["source"] for p in plants} >= {"scifact", "nfcorpus", "massive_intent", "massive_scenario",
                                             "amazon_polarity", "reddit_clustering"}
     report = json.loads((out / "reports" / "decontamination.json").read_text())
     shards = pq.read_table(out / "shards")
