@@ -46,7 +46,7 @@ KEYS = {
 
 def custom_source(name: str, decl, base_dir: Path):
     """(SourceEntry, Instruction) of the declaration at recipe key ``sources.<name>.custom``."""
-    from nvdata.instruct import Instruction
+    from nvdata.instruct import entry_instruction
 
     where = f"recipe key sources.{name}.custom"
     if not isinstance(decl, dict):
@@ -77,13 +77,11 @@ def custom_source(name: str, decl, base_dir: Path):
         raw.update(hf_id=f"local:{local}", revision=sha256_file(local), split="train")
     else:
         raw["hf_id"] = decl["hf_id"]
-    entry = _entry(name, raw, where)
+    entry = replace(_entry(name, raw, where), instruction=instruction.strip(), document_instruction=doc_ins)
     if local is not None:
         entry = replace(entry, data_files=str(local), file_format=FILE_FORMATS[local.suffix.lower()])
         _check_columns(entry, local, where)
-    ins = Instruction(name=name, kind="training", instruction=instruction.strip(), origin="recipe",
-                      document_instruction=doc_ins, reference=f"declared in the recipe ({where})")
-    return entry, ins
+    return entry, entry_instruction(entry)
 
 
 def _local_file(path, base_dir: Path, where: str) -> Path:

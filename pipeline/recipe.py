@@ -58,6 +58,10 @@ class TestSimilarityFilter:
     def to_dict(self) -> dict:
         return {"enabled": self.enabled, "threshold": self.threshold, "sources": dict(self.sources)}
 
+    def active_sources(self) -> dict[str, str]:
+        """{training source: MTEB test task} when the filter is on, else {}."""
+        return dict(self.sources) if self.enabled else {}
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -114,9 +118,7 @@ class Recipe:
             "seed": self.seed,
             "in_batch_negatives": self.in_batch_negatives,
             "sources": {s.name: {"max_rows": s.max_rows, "limit": s.limit, "weight": s.weight,
-                                 **({"custom": {**self.custom[s.name].to_dict(),
-                                                "instruction": self.custom_instructions[s.name].row()}}
-                                    if s.name in self.custom else {})}
+                                 **({"custom": self.custom[s.name].to_dict()} if s.name in self.custom else {})}
                         for s in self.sources},
             "format": self.format.to_dict(),
             "mining": {"dense": {"encoder": self.encoder, **self.dense.to_dict()}, "bm25": self.bm25.to_dict(),

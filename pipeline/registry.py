@@ -62,6 +62,10 @@ class SourceEntry:
     # data_files=...) instead of a Hub id; `revision` then holds the file's sha256.
     data_files: str | None = None
     file_format: str | None = None
+    # A recipe's own source carries its instruction (nvdata.custom); a registry source's is in
+    # instructions/training.yaml.
+    instruction: str | None = None
+    document_instruction: bool = False
 
     @property
     def repo_path(self) -> str:

@@ -83,17 +83,19 @@ def test_same_inputs_give_byte_identical_shards_and_resume_after_a_crash(stage2,
     root, res = stage2
     recipe = load_recipe("stage2")
     cache = tmp_path / "cache"
-    real = build_mod._mine_bm25
+    from nvdata.stages import mine as mine_stage
+
+    real = mine_stage.mine_bm25
 
     def crash(*a, **k):
         raise RuntimeError("simulated crash between stages")
 
-    monkeypatch.setattr(build_mod, "_mine_bm25", crash)
+    monkeypatch.setattr(mine_stage, "mine_bm25", crash)
     with pytest.raises(RuntimeError):
         run_build(recipe, out=tmp_path / "out", sample=True, cache=cache)
     assert not (tmp_path / "out").exists()
     finished_before = {p.name for p in (cache / "format").iterdir()}
-    monkeypatch.setattr(build_mod, "_mine_bm25", real)
+    monkeypatch.setattr(mine_stage, "mine_bm25", real)
     again = run_build(recipe, out=tmp_path / "out", sample=True, cache=cache)
     assert {p.name for p in (cache / "format").iterdir()} == finished_before  # format not redone
     assert [s["sha256"] for s in again.manifest["shards"]] == [s["sha256"] for s in res.manifest["shards"]]

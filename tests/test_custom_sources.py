@@ -80,7 +80,7 @@ def test_a_custom_local_source_builds_end_to_end_and_is_decontaminated(custom_bu
     # the declaration (with the file's sha256) is in the resolved recipe: an edited file re-keys
     decl = m["recipe"]["sources"]["support_faq"]["custom"]
     assert decl["data_files"].endswith("faq.jsonl") and len(decl["revision"]) == 64
-    assert decl["instruction"]["instruction"] == FAQ_INSTRUCTION
+    assert decl["instruction"] == FAQ_INSTRUCTION
     assert "support_faq" in (root / "out" / "README.md").read_text()
     bank = pq.read_table(root / "out" / "shards").filter(pa.compute.equal(pa.compute.field("source"), "bank_intents"))
     assert bank.num_rows > 0 and set(bank.column("negative_method").to_pylist()) == {"label"}

@@ -1,0 +1,96 @@
+"""Reading and writing a stage's tables in record batches.
+
+A stage's table ``T`` is stored in its folder as ``T.parquet`` or as ordered parts
+``T-00000.parquet``, ``T-00001.parquet``, ... (a distributed executor writes one part per input
+part, named by the input part's index, never by arrival order). Readers see one stream of
+batches either way, in file-name order, so a downstream stage does not care which executor
+wrote its input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nvdata.errors import NvdataError
+
+# Rows per record batch a stage holds at a time (recipe-independent; ``NVDATA_BATCH_ROWS``
+# lowers it, which the tests use to prove a stage's output does not depend on it).
+BATCH_ROWS = 8192
+
+
+def batch_rows(default: int = BATCH_ROWS) -> int:
+    """The batch size stages stream with: ``NVDATA_BATCH_ROWS`` if set, else ``default``."""
+    value = os.environ.get("NVDATA_BATCH_ROWS")
+    if value is None:
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise NvdataError(f"NVDATA_BATCH_ROWS must be a positive integer, got {value!r}") from None
+    if n < 1:
+        raise NvdataError(f"NVDATA_BATCH_ROWS must be a positive integer, got {value!r}")
+    return n
+
+
+def table_parts(folder: Path, name: str) -> list[Path]:
+    """The files holding table ``name`` in a stage folder, in reading order."""
+    folder = Path(folder)
+    whole = folder / f"{name}.parquet"
+    parts = sorted(folder.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9].parquet"))
+    if whole.is_file():
+        if parts:
+            raise NvdataError(f"{folder}: both {whole.name} and {len(parts)} part(s) of {name!r}")
+        return [whole]
+    return parts
+
+
+def num_rows(files: Iterable[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def iter_batches(
+    files: Path | Iterable[Path], *, batch_rows: int | None = None, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """Every row of ``files`` in order, as record batches of at most ``batch_rows`` rows."""
+    files = [files] if isinstance(files, (str, Path)) else list(files)
+    size = batch_rows or BATCH_ROWS
+    for f in files:
+        yield from pq.ParquetFile(f).iter_batches(batch_size=size, columns=columns)
+
+
+def exact_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """Re-cut a stream of batches into tables of exactly ``size`` rows (the last may be shorter).
+
+    For steps whose result depends on where the input is cut (embedding cache keys, seeded
+    draws per block): the cut then depends only on the rows, not on the file layout.
+    """
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for b in batches:
+        while b.num_rows:
+            take = min(size - have, b.num_rows)
+            pending.append(b.slice(0, take))
+            have += take
+            b = b.slice(take)
+            if have == size:
+                yield pa.Table.from_batches(pending)
+                pending, have = [], 0
+    if have:
+        yield pa.Table.from_batches(pending)
+
+
+def write_batches(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatch | pa.Table]) -> int:
+    """Write a stream of batches as one zstd Parquet file; returns the number of rows."""
+    rows = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as w:
+        for b in batches:
+            if b.num_rows:
+                t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
+                w.write_table(t.cast(schema) if not t.schema.equals(schema) else t)
+                rows += b.num_rows
+    return rows
