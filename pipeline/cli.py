@@ -89,7 +89,9 @@ def download_cmd(
     if recipe:
         from nvdata.recipe import load_recipe
 
-        wanted = [s.name for s in _run(load_recipe, recipe).sources]
+        rec = _run(load_recipe, recipe)
+        reg = rec.registry()  # with the recipe's own (custom) sources
+        wanted = [s.name for s in rec.sources]
     else:
         wanted = list(names or reg)
     entries = [_run(get_source, n, reg) for n in wanted]

@@ -145,3 +145,21 @@ def test_cli_build_with_a_bad_declaration_exits_2_naming_the_key(tmp_path):
     r = CliRunner().invoke(app, ["build", "--recipe", str(p), "--out", str(tmp_path / "out")])
     assert r.exit_code == 2 and "sources.mine.custom.path" in r.output and "empty" in r.output
     assert not (tmp_path / "out").exists()
+
+
+def test_download_with_a_recipe_fetches_its_custom_sources_into_the_cache(tmp_path):
+    from typer.testing import CliRunner
+
+    from nvdata.cli import app
+
+    (tmp_path / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _faq_rows(5)))
+    p = _recipe(tmp_path, {"faq": {"custom": {"path": "faq.jsonl", "task_type": "retrieval",
+                                              "columns": {"query": "question", "positive": "answer"},
+                                              "instruction": "Retrieve the answer"}}})
+    args = ["download", "--recipe", str(p), "--cache", str(tmp_path / "cache")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "faq: 5 rows" in r.output, r.output
+    assert "(cached)" in CliRunner().invoke(app, args).output
+    (tmp_path / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _faq_rows(6)))  # edited file
+    r = CliRunner().invoke(app, args)
+    assert "faq: 6 rows" in r.output and "(cached)" not in r.output
