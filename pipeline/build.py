@@ -163,8 +163,11 @@ def _decontaminated_source(entry, recipe, index, cache, mirror, limit) -> Path |
     """Download (cached) + decontaminate (cached) one source; None when it cannot be loaded."""
     if not obtainable(entry, mirror):
         return None
+    from nvdata.shared_corpus import shared_corpus_stage
+
     raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
-    return _decontaminate_stage(raw, recipe, index, Path(cache), batch_rows())[0]
+    d, dkey = _decontaminate_stage(raw, recipe, index, Path(cache), batch_rows())
+    return shared_corpus_stage(entry, d, dkey, recipe, Path(cache), mirror)[0]  # test content by id
 
 
 def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=None,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPORT_NAME = "decontamination"
 _MD_HIT_LIMIT = 500
-_METHODS = ("exact", "ngram", "near_dup")
+_METHODS = ("exact", "ngram", "near_dup", "shared_corpus")  # shared_corpus: nvdata.shared_corpus (by id)
 
 
 def _checked(c: dict) -> dict:
@@ -178,7 +178,8 @@ def render_markdown(doc: dict) -> str:
         lines += ["| source | row id | field | action | method | test set | split | test item | evidence |", "|---|---|---|---|---|---|---|---|---|"]
         for h in hits[:_MD_HIT_LIMIT]:
             ev = h["evidence"]
-            evidence = (f"Jaccard {ev['jaccard']}" if "jaccard" in ev else f"{ev['n']}-gram \"{ev['ngram']}\"" if "ngram" in ev else f"\"{ev.get('text', '')}\"")
+            evidence = (f"Jaccard {ev['jaccard']}" if "jaccard" in ev else f"{ev['n']}-gram \"{ev['ngram']}\"" if "ngram" in ev
+                        else ev["reason"] if "reason" in ev else f"\"{ev.get('text', '')}\"")
             where = f"{h['source']}/{h['table']}" if h.get("table") else h["source"]
             lines.append(
                 f"| {_cell(where)} | {_cell(h['row_id'])} | {_cell(h['field'])} | {h['action']} | {h['method']} | "

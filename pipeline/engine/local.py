@@ -25,6 +25,7 @@ from nvdata.engine import (
     key_of,
     stage_folder,
 )
+from nvdata.shared_corpus import shared_corpus_stage
 from nvdata.similarity_filter import mine_sts_dense, similarity_filter
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
@@ -82,6 +83,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                                           cache_dir=cache / "test-index")
         for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = decontaminate(raw, recipe, index, cache, ctx.batch_rows)
+            d, dkey = shared_corpus_stage(registry[name], d, dkey, recipe, cache, ctx.mirror)  # test ids
             decontam_dirs[name] = (d, dkey)
             all_hits.extend(json.loads((d / "hits.json").read_text()))
             counts = json.loads((d / "counts.json").read_text())
