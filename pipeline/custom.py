@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import sha256_file
-from nvdata.registry import SourceEntry, _entry
+from nvdata.registry import SourceEntry, parse_entry
 from nvdata.schema import TASK_TYPES
 
 # file suffix -> the datasets builder that reads it
@@ -77,7 +77,7 @@ def custom_source(name: str, decl, base_dir: Path):
         raw.update(hf_id=f"local:{local}", revision=sha256_file(local), split="train")
     else:
         raw["hf_id"] = decl["hf_id"]
-    entry = replace(_entry(name, raw, where), instruction=instruction.strip(), document_instruction=doc_ins)
+    entry = replace(parse_entry(name, raw, where), instruction=instruction.strip(), document_instruction=doc_ins)
     if local is not None:
         entry = replace(entry, data_files=str(local), file_format=FILE_FORMATS[local.suffix.lower()])
         _check_columns(entry, local, where)

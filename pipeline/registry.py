@@ -79,7 +79,7 @@ class SourceEntry:
         return d
 
 
-def _entry(name: str, raw: dict, where: str | None = None) -> SourceEntry:
+def parse_entry(name: str, raw: dict, where: str | None = None) -> SourceEntry:
     """Validate one source mapping; ``where`` prefixes every error (default: the registry's)."""
     where = where or f"registry source {name!r}"
     if not isinstance(raw, dict):
@@ -148,7 +148,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, SourceEntry]:
         raise NvdataError(f"cannot read source registry {p}: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("sources"), dict):
         raise NvdataError(f"source registry {p}: expected a top-level 'sources' mapping")
-    return {name: _entry(name, raw) for name, raw in doc["sources"].items()}
+    return {name: parse_entry(name, raw) for name, raw in doc["sources"].items()}
 
 
 def get_source(name: str, registry: dict[str, SourceEntry] | None = None) -> SourceEntry:
