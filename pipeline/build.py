@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from nvdata import emit
 from nvdata.errors import NvdataError
-from nvdata.paths import sample_mirror_dir
+from nvdata.paths import default_cache_dir, sample_mirror_dir
+from nvdata.preflight import preflight
 from nvdata.recipe import Recipe
 from nvdata.sources import download_source, obtainable
 from nvdata.stages.io import batch_rows
@@ -63,6 +64,7 @@ def run_build(
     limit: int | None = None,
     force: bool = False,
     cache: Path | None = None,
+    overwrite: bool = False,
     progress: Callable[[str, int, int, str], None] | None = None,
     engine: str = "local",
     ray_address: str | None = None,
@@ -71,6 +73,8 @@ def run_build(
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
     ``progress(stage, done, total, message)`` is called after each source of each stage.
+    OUT, the device and the encoder are checked before any work (``nvdata.preflight``); OUT
+    may be new, empty or an earlier build, or any folder with ``overwrite``.
     ``engine`` picks the executor of the stages (:mod:`nvdata.engine`): ``local`` (this
     process) or ``ray`` (a Ray cluster at ``ray_address``; None starts a local one); the
     write step is the same for both, and so are the shards.
@@ -92,9 +96,11 @@ def run_build(
             dataclasses.replace(s, max_rows=_min_limit(s.max_rows, max_rows_per_source)) for s in recipe.sources))
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
-    cache = Path(cache or out.parent / ".nvdata-cache")
-    if force and cache.exists():
-        shutil.rmtree(cache)
+    cache = Path(cache) if cache else default_cache_dir()
+    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
+    if force:  # nvdata's own stage folders only: the cache may be shared, or a folder of the user's
+        for sub in ("raw", "decontaminate", "format", "mine", "embeddings", "test-index"):
+            shutil.rmtree(cache / sub, ignore_errors=True)
     say = progress or (lambda stage, done, total, msg: None)
     timer = Timer()
     registry = recipe.registry()  # the source registry plus the recipe's own (custom) sources
@@ -129,6 +135,7 @@ def run_build(
                 "seed": recipe.seed,
                 "encoder": encoder,
                 "mirror": str(mirror) if mirror else None,
+                "sample": sample,  # audit re-checks against the bundled sample wherever it is installed
                 "limit": limit,
                 "max_rows_per_source": max_rows_per_source,
                 "versions": emit.library_versions(),

@@ -92,16 +92,19 @@ def _build(tmp_path, row_files):
 def test_export_sentence_transformers_columns_with_instruction_on_the_anchor(row_files, tmp_path):
     build = _build(tmp_path, row_files)
     res = export_build(build, tmp_path / "st")
-    assert res["num_negatives"] == 1  # the most every row has
-    t = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "st").glob("*.parquet"))])
-    assert t.column_names == ["anchor", "positive", "negative_1"]
-    assert t.num_rows == 172 and res["dropped"] == 0
-    r = t.to_pylist()
+    # one dataset per negative count: every row keeps all its negatives (1 in 5 rows has one)
+    assert res["splits"] == {"negatives_1": 35, "negatives_2": 137} and res["negatives"] == 35 + 2 * 137
+    r = []
+    for split, n in (("negatives_1", 1), ("negatives_2", 2)):
+        t = pq.read_table(tmp_path / "st" / split)
+        assert t.column_names == ["anchor", "positive", *(f"negative_{i + 1}" for i in range(n))]
+        r += t.to_pylist()
+    assert len(r) == 172
     assert all(x["anchor"].startswith("Instruct: Retrieve things\nQuery: q ") for x in r)
     sts_pos = [x["positive"] for x in r if x["positive"].startswith("Instruct:")]
     assert len(sts_pos) == 7  # source c carries a document instruction
     res2 = export_build(build, tmp_path / "st2", num_negatives=2)
-    assert res2["rows"] + res2["dropped"] == 172 and res2["dropped"] > 0
+    assert res2["rows"] == 137 and res2["left_out"] == {"a": 24, "b": 9, "c": 2}
 
 
 def test_export_loads_in_sentence_transformers_trainer_format(row_files, tmp_path):
@@ -109,8 +112,8 @@ def test_export_loads_in_sentence_transformers_trainer_format(row_files, tmp_pat
 
     build = _build(tmp_path, row_files)
     export_build(build, tmp_path / "st")
-    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "st"), split="train")
-    assert ds.column_names == ["anchor", "positive", "negative_1"] and len(ds) == 172
+    ds = datasets.load_dataset(str(tmp_path / "st"), "negatives_2", split="train")
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(ds) == 137
 
 
 def test_export_jsonl_and_bad_inputs(row_files, tmp_path):
