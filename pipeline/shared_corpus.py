@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from nvdata import emit
 from nvdata.registry import SourceEntry
@@ -60,47 +59,59 @@ def shared_test_ids(entry: SourceEntry, cfg, mirror: Path | None,
     return out
 
 
-def drop_test_content(pairs: pa.Table, corpus: pa.Table, ids: dict, source: str) -> tuple[pa.Table, pa.Table, list[dict]]:
-    """Remove test queries / test-relevant documents by id; (pairs, corpus, hits)."""
-    hits: list[dict] = []
+def _hit(source: str, table: str, row_id, field: str, item: str, where: dict, reason: str) -> dict:
+    return {"source": source, "table": table, "row_id": row_id, "field": field, "action": "drop_row",
+            "method": METHOD, "test_set": where["test_set"], "subset": where["subset"], "split": where["split"],
+            "test_item_id": item, "test_field": "query" if field == "query_id" else "text",
+            "evidence": {"reason": reason}}
+
+
+def drop_test_pairs(pairs: pa.Table, ids: dict, source: str) -> tuple[pa.Table, list[dict]]:
+    """Pairs whose query is a test query or whose positive is test-relevant go; (kept, hits)."""
     qids, dids = ids["query"], ids["document"]
-    if not qids and not dids:
-        return pairs, corpus, hits
-
-    def hit(table: str, row_id, field: str, item: str, where: dict, reason: str) -> dict:
-        return {"source": source, "table": table, "row_id": row_id, "field": field, "action": "drop_row",
-                "method": METHOD, "test_set": where["test_set"], "subset": where["subset"], "split": where["split"],
-                "test_item_id": item, "test_field": "query" if field == "query_id" else "text",
-                "evidence": {"reason": reason}}
-
-    keep = []
+    keep, hits = [], []
     for r, q, p in zip(pairs.column("row_index").to_pylist(), pairs.column("query_id").to_pylist(),
                        pairs.column("positive_id").to_pylist()):
         if q in qids:
             w = qids[q]
-            hits.append(hit("pairs", r, "query_id", q, w, f"query {q} is a test query of {w['test_set']} ({w['split']} qrels)"))
+            hits.append(_hit(source, "pairs", r, "query_id", q, w,
+                             f"query {q} is a test query of {w['test_set']} ({w['split']} qrels)"))
         elif p in dids:
             w = dids[p]
-            hits.append(hit("pairs", r, "positive_id", p, w, f"positive {p} is relevant to test query {w['query']} "
-                                                             f"of {w['test_set']} ({w['split']} qrels)"))
+            hits.append(_hit(source, "pairs", r, "positive_id", p, w, f"positive {p} is relevant to test query "
+                             f"{w['query']} of {w['test_set']} ({w['split']} qrels)"))
         keep.append(q not in qids and p not in dids)
-    pairs = pairs.filter(pa.array(keep, pa.bool_()))
+    return pairs.filter(pa.array(keep, pa.bool_())), hits
+
+
+def drop_test_documents(corpus: pa.Table, ids: dict, source: str) -> tuple[pa.Table, list[dict]]:
+    """Corpus documents the test qrels judge relevant go; (kept, hits)."""
+    dids = ids["document"]
     doc_ids = corpus.column("doc_id").to_pylist()
     bad = [d in dids for d in doc_ids]
-    for d, is_bad in zip(doc_ids, bad):
-        if is_bad:
-            w = dids[d]
-            hits.append(hit("corpus", d, "doc_id", d, w, f"document {d} is relevant to test query {w['query']} "
-                                                       f"of {w['test_set']} ({w['split']} qrels): shared corpus"))
-    corpus = corpus.filter(pc.invert(pa.array(bad, pa.bool_())))
-    return pairs, corpus, hits
+    hits = [_hit(source, "corpus", d, "doc_id", d, dids[d], f"document {d} is relevant to test query "
+                 f"{dids[d]['query']} of {dids[d]['test_set']} ({dids[d]['split']} qrels): shared corpus")
+            for d, is_bad in zip(doc_ids, bad) if is_bad]
+    return corpus.filter(pc.invert(pa.array(bad, pa.bool_()))), hits
+
+
+def drop_test_content(pairs: pa.Table, corpus: pa.Table, ids: dict, source: str) -> tuple[pa.Table, pa.Table, list[dict]]:
+    """Remove test queries / test-relevant documents by id; (pairs, corpus, hits)."""
+    pairs, pair_hits = drop_test_pairs(pairs, ids, source)
+    corpus, doc_hits = drop_test_documents(corpus, ids, source)
+    return pairs, corpus, pair_hits + doc_hits
 
 
 def shared_corpus_stage(entry: SourceEntry, clean_dir: Path, dkey: str, recipe, cache: Path,
                         mirror: Path | None) -> tuple[Path, str]:
     """After text decontamination: the same folder layout minus the test content by id
-    (hits and counts updated). Sources that share no repo with a test set pass through."""
+    (hits and counts updated), streamed in record batches. Sources that share no repo with a
+    test set pass through."""
+    import json
+
     from nvdata.engine import key_of, stage_folder
+    from nvdata.schema import RAW_RETRIEVAL_CORPUS, RAW_RETRIEVAL_PAIRS
+    from nvdata.stages.io import batch_rows, iter_batches, table_parts, write_batches
 
     ids = shared_test_ids(entry, recipe.decontamination, mirror, Path(cache) / "shared_corpus" / "hf")
     if not ids["query"] and not ids["document"]:
@@ -108,17 +119,18 @@ def shared_corpus_stage(entry: SourceEntry, clean_dir: Path, dkey: str, recipe, 
     key = key_of(dkey, METHOD, sorted(ids["query"]), sorted(ids["document"]))
     with stage_folder(cache, "shared_corpus", entry.name, key) as (final, tmp):
         if tmp is not None:
-            import json
-
-            pairs, corpus, hits = drop_test_content(pq.read_table(clean_dir / "pairs.parquet"),
-                                                    pq.read_table(clean_dir / "corpus.parquet"), ids, entry.name)
-            pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
-            pq.write_table(corpus, tmp / "corpus.parquet", compression="zstd")
+            hits: list[dict] = []
             counts = json.loads((clean_dir / "counts.json").read_text())
-            for table, t in (("pairs", pairs), ("corpus", corpus)):
-                c = counts[table]
-                c["dropped"] += c["kept"] - t.num_rows
-                c["kept"] = t.num_rows
+            for table, schema, drop in (("pairs", RAW_RETRIEVAL_PAIRS, drop_test_pairs),
+                                        ("corpus", RAW_RETRIEVAL_CORPUS, drop_test_documents)):
+                def kept(table=table, drop=drop):
+                    for b in iter_batches(table_parts(clean_dir, table), batch_rows=batch_rows()):
+                        t, h = drop(pa.Table.from_batches([b]), ids, entry.name)
+                        hits.extend(h)
+                        yield t
+                rows = write_batches(tmp / f"{table}.parquet", schema, kept())
+                counts[table]["dropped"] += counts[table]["kept"] - rows
+                counts[table]["kept"] = rows
             emit.write_json(tmp / "hits.json", json.loads((clean_dir / "hits.json").read_text()) + hits)
             emit.write_json(tmp / "counts.json", counts)
     return final, key
