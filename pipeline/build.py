@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import emit
 from nvdata.errors import NvdataError
 from nvdata.paths import default_cache_dir, sample_mirror_dir
@@ -82,7 +83,6 @@ def run_build(
     ``max_rows`` still applies: the smaller wins); the paper's per-source counts (its Table 12)
     are not available offline, so this is the user's knob.
     """
-    from nvdata import decontam
     from nvdata.instruct import instruction_for_source
 
     if sample and mirror is not None:
@@ -111,7 +111,7 @@ def run_build(
     results, skipped, index, all_hits = staged.results, staged.skipped, staged.index, staged.hits
     mine_reports = staged.mine_reports
 
-    # 5. write
+    # 5. write: shards, then the reports, manifest and data card, all from one set of counts
     with timer("write"):
         live = [r for r in results.values() if r.rows > 0]
         with emit.atomic_output(out) as tmp:
@@ -119,45 +119,25 @@ def run_build(
                 [r.rows_file for r in live], tmp / "shards", seed=recipe.seed,
                 shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
                 in_batch_negatives=recipe.in_batch_negatives)
-            decontam_summary = decontam.write_report(
-                all_hits, {n: results[n].details["decontam_counts"] for n in results}, tmp / "reports",
-                index=index, cfg=recipe.decontamination)
-            emit.write_json(tmp / "reports" / "mining.json", mine_reports)
-            similarity = {r.name: r.details["test_similarity"] for r in results.values()
-                          if "test_similarity" in r.details}  # recipe test_similarity_filter
+            per_row = {r.name: r.details.get("negatives_per_row") or named_counts.negatives_per_row_of(r.rows_file)
+                       for r in live}
+            manifest = emit.build_manifest(
+                recipe, results=results.values(), mine_reports=mine_reports, shards=shards,
+                skipped=skipped, encoder=encoder, mirror=mirror, sample=sample, limit=limit, negatives_per_row=per_row,
+                dense_mined=any(rep.get("method") == "dense" for rep in mine_reports.values()))
+            manifest["decontamination"] = emit.write_reports(
+                tmp / "reports", manifest, hits=all_hits, mine_reports=mine_reports, index=index,
+                decontam_counts={n: r.details["decontam_counts"] for n, r in results.items()},
+                negatives_per_row=per_row)
+            # the paper's v2 options (recipe keys): --max-rows-per-source, test_similarity_filter
+            manifest["max_rows_per_source"] = max_rows_per_source
+            similarity = {n: r.details["test_similarity"] for n, r in results.items() if "test_similarity" in r.details}
+            for n, rep in similarity.items():
+                manifest["sources"][n]["test_similarity_dropped"] = rep["rows_dropped"]
             if similarity:
                 emit.write_json(tmp / "reports" / "test_similarity.json", similarity)
-            manifest = {
-                "nvdata_manifest_version": 1,
-                "recipe": recipe.to_dict(),
-                "recipe_path": recipe.path,
-                "config_hash": recipe.config_hash(),
-                "seed": recipe.seed,
-                "encoder": encoder,
-                "mirror": str(mirror) if mirror else None,
-                "sample": sample,  # audit re-checks against the bundled sample wherever it is installed
-                "limit": limit,
-                "max_rows_per_source": max_rows_per_source,
-                "versions": emit.library_versions(),
-                "total_rows": sum(s["rows"] for s in shards),
-                "shards": shards,
-                "sources": {
-                    r.name: {
-                        "task_type": r.task_type, "raw_rows": r.raw_rows, "rows": r.rows,
-                        "decontam_dropped": r.decontam_dropped,
-                        "mean_negatives": round(r.mean_negatives, 4),
-                        "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
-                        "test_similarity_dropped": r.details.get("test_similarity", {}).get("rows_dropped"),
-                        "format": r.details.get("format_report"),
-                    }
-                    for r in results.values()
-                },
-                "skipped_sources": skipped,
-                "decontamination": decontam_summary,
-            }
-            instructions = {n: instruction_for_source(n, recipe.instructions()) for n in results}
-            (tmp / "README.md").write_text(
-                emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
+            emit.write_data_card(tmp / "README.md", manifest, registry,
+                                 {n: instruction_for_source(n, recipe.instructions()) for n in results})
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
     say("write", 1, 1, f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
     return BuildResult(out, manifest, list(results.values()), timer.t, skipped)

@@ -59,6 +59,19 @@ def _mirror(mirror: Optional[Path], sample: bool) -> Optional[Path]:
     return sample_mirror_dir() if sample else mirror
 
 
+def _quiet_library_progress() -> None:
+    """Silence the libraries' own progress bars (datasets' "Generating train split" per split
+    read, transformers' "Loading weights"), which would bury ours; their errors still show.
+    Called before those libraries load data, so bars they create later are off too."""
+    import datasets
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # huggingface_hub; transformers reads this flag when it loads
+    datasets.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def _default_cache(cache: Optional[Path]) -> Path:
     from nvdata.paths import default_cache_dir
 
@@ -71,8 +84,8 @@ def _train_interrupted(out: Path) -> str:
     ckpt = latest_checkpoint(out) if out.is_dir() else None
     if ckpt is None:
         return "interrupted before the first checkpoint: the steps run so far are lost; re-run to start again"
-    return (f"interrupted; steps after the last checkpoint ({ckpt}) are lost; "
-            "re-run the same command to resume from it")
+    # train() checkpoints the last finished step on Ctrl-C: only the unfinished step is redone
+    return f"re-run the same command to resume from {ckpt}"
 
 
 class ListFormat(str, Enum):
@@ -152,6 +165,7 @@ def download_cmd(
         wanted = list(names or reg)
     entries = [_run(get_source, n, reg) for n in wanted]
     mir = _mirror(mirror, sample)
+    _quiet_library_progress()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     failed = 0
@@ -228,6 +242,7 @@ def decontaminate_cmd(
     from nvdata.recipe import load_recipe
 
     rec = _run(load_recipe, recipe)
+    _quiet_library_progress()
     summary = _run(run_decontaminate_sources, rec, names=names, mirror=_mirror(mirror, sample),
                    limit=limit, cache=_default_cache(cache), report_dir=report)
     console.print_json(json.dumps(summary, default=str))
@@ -247,6 +262,7 @@ def audit_cmd(
     """
     from nvdata.decontam import audit_build
 
+    _quiet_library_progress()
     result = _run(audit_build, out_dir, mirror=_mirror(mirror, sample), cache_dir=_default_cache(cache) / "test-index")
     console.print_json(json.dumps(result, default=str))
     if not result.get("ok"):
@@ -280,6 +296,7 @@ def build_cmd(
 
     rec = _run(load_recipe, recipe)
     out = out or Path(rec.output.dir)
+    _quiet_library_progress()
     columns = (TextColumn("{task.description:>13}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as bar:
         bars: dict[str, int] = {}  # one bar per stage, started when the stage reports first
@@ -293,20 +310,36 @@ def build_cmd(
         res = _run(run_build, rec, out=out, mirror=_mirror(mirror, False), sample=sample, encoder=encoder,
                    device=device, limit=limit, force=force, cache=_default_cache(cache), overwrite=overwrite,
                    progress=on_progress, max_rows_per_source=max_rows_per_source)
-    t = Table(title=f"nvdata build: {rec.name}")
-    for col in ("source", "task type", "raw rows", "dropped (decontam)", "rows out", "negatives/row"):
-        t.add_column(col, justify="right" if col not in ("source", "task type") else "left")
-    for r in res.sources:
-        t.add_row(r.name, r.task_type, str(r.raw_rows), str(r.decontam_dropped), str(r.rows),
-                  f"{r.mean_negatives:.2f}")
-    for name in res.skipped:
-        t.add_row(name, "-", "-", "-", "skipped", "-")
-    console.print(t)
-    for name, why in res.skipped.items():
-        console.print(f"[yellow]skipped {name}:[/] {why}")
+    _print_build_summary(rec.name, res)
+
+
+def _print_build_summary(name: str, res) -> None:
+    """The per-source counts (nvdata.counts: the numbers the reports, manifest and card show),
+    then where the output, the reports and the data card are."""
+    from nvdata import counts
+
+    header, body = counts.table(res.manifest["sources"])
+    t = Table(title=f"nvdata build: {name}")
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 else "right", overflow="fold", no_wrap=i == 0)
+    for row in body:
+        t.add_row(*row, style="bold" if row[0] == "total" else None)
+    for skipped in res.skipped:
+        t.add_row(skipped, "skipped", *(["-"] * (len(header) - 2)))
+    # A log file or CI page is not a terminal: print the table whole rather than squeezed to 80.
+    wide = console if console.is_terminal else Console(file=console.file, width=max(console.width, 160))
+    wide.print(t)
+    for skipped, why in res.skipped.items():
+        console.print(f"[yellow]skipped {skipped}:[/] {why}")
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
-    console.print(f"[bold green]output:[/] {res.out.resolve()} ({res.manifest['total_rows']} rows, "
+    out = res.out.resolve()
+    reports = res.manifest.get("reports", {})
+    console.print(f"[bold green]output:[/] {out} ({res.manifest['total_rows']} rows, "
                   f"{len(res.manifest['shards'])} shard(s))")
+    for label, key in (("report (figures)", "html"), ("decontamination", "decontamination"),
+                       ("data card", "data_card")):
+        if key in reports:
+            console.print(f"[bold]{label}:[/] {out / reports[key]}")
 
 
 @app.command("export")
@@ -334,15 +367,19 @@ def export_cmd(
 def train_cmd(
     recipe: Annotated[str, typer.Option("--recipe", help="stage1 | stage2 | path: its `train:` section")],
     data: Annotated[Path, typer.Option("--data", help="A build folder (shards/).")],
-    model: Annotated[str, typer.Option("--model", help="Model path or Hub id.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint + metrics folder.")],
-    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model path, Hub id, or 'minilm' (the bundled all-MiniLM-L6-v2). Not needed with --init.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1); it knows its base model.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    token_budget: Annotated[Optional[int], typer.Option("--token-budget", help="Most padded tokens per forward pass (bounds memory; default 4096, raise it on a GPU).")] = None,
     device: DeviceOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into --out even if it is a non-empty folder that is not an earlier training run.")] = False,
 ):
-    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA)."""
+    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA).
+
+    Ctrl-C saves a checkpoint; the same command again resumes from it.
+    """
     from nvdata.recipe import load_recipe
     from nvdata.train import TrainConfig, train
 
@@ -352,6 +389,8 @@ def train_cmd(
         overrides["max_steps"] = max_steps
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    if token_budget is not None:
+        overrides["token_budget"] = token_budget
     cfg = _run(TrainConfig.from_dict, overrides, "train")
     from nvdata.fsutil import removed_on_failure
 
@@ -381,6 +420,7 @@ def finetune_miner_cmd(
     from nvdata.preflight import preflight
 
     rec = _run(load_recipe, recipe)
+    _quiet_library_progress()
     _run(preflight, out, "miner", cache=_default_cache(cache), device=device, encoder=encoder)
     path = _run(finetune_miner_from_recipe, rec, out=out, encoder=encoder, mirror=_mirror(mirror, sample),
                 limit=limit, cache=_default_cache(cache), epochs=epochs, batch_size=batch_size, device=device)

@@ -13,7 +13,8 @@ methods, each reported on its own:
 
 A row is dropped when any checked field matches. In published rows (``scan_rows``) a
 matching negative may instead be removed from its row (``negative_policy: drop_negative``);
-either way every hit is recorded: row id, field, test set, split, item id, method, evidence.
+either way every hit is recorded: row id, field, test set, split, item id, method, evidence,
+and both texts whole (the training text and the test text it matched).
 
 Example::
 
@@ -215,12 +216,14 @@ def _scan_batch(batch, fields, list_fields, matcher, cfg, id_column, source, hit
         else:
             keep_elem[m.text] = False
         item = matcher.index.item(m.item)
-        hits.append({
+        hits.append({  # both texts whole: the report shows them side by side
+
             "source": sources[row], "row_id": str(ids[row]),
             "field": f"{names[code]}[{elem}]" if is_list else names[code],
             "action": action, "method": m.method,
             "test_set": item.task, "subset": item.subset, "split": item.split,
             "test_item_id": item.item_id, "test_field": item.field, "evidence": m.evidence,
+            "text": texts[m.text].as_py(), "test_text": item.text,
         })
     if list_fields and not keep_elem.all():
         batch = _drop_elements(batch, list_fields, len(fields), text_code, keep_elem)
@@ -402,7 +405,7 @@ def audit_build(
         "ok": not problems and not hits,
         "manifest": str(manifest_path),
         "shards_checked": len(readable),
-        "rows_checked": summary["totals"]["rows_checked"],
+        "rows_checked": summary["totals"]["raw_rows"],  # published rows, checked as given
         "file_problems": problems,
         "hits": hits,
         "totals": summary["totals"],

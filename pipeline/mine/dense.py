@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import filters
+from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
@@ -586,6 +587,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
     chosen_scores = scratch.array("chosen_scores", (n_q, num), np.float32)
     doc_hash = scratch.array("doc_hash", n_corpus, np.int64, fill=0)  # 0 = not hashed yet
     removed = dict.fromkeys(FILTER_ORDER, 0)
+    removed_scores = {k: score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS) for k in FILTER_ORDER}
     considered = retrieved = 0
     search_seconds = filter_seconds = 0.0
     backend = None
@@ -607,7 +609,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
         t0 = time.perf_counter()
         block_q = _block_queries(queries, positive_at, positive_score, query_at, s, e)
         idx, sc, block_removed, block_considered = _filter_and_select(
-            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg)
+            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
         chosen_idx[s:e], chosen_scores[s:e] = idx, sc
         for k, v in block_removed.items():
             removed[k] += v
@@ -641,6 +643,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
                 "without_negatives": int(counts_hist[0]),
             },
             "scores": stats["scores"],
+            "score_histograms": {**stats["score_histograms"], "removed": {
+                k: h.counts.tolist() for k, h in removed_scores.items() if h.counts.any()}},
         }
     )
     report["timing"] = {"filter_select_seconds": round(filter_seconds, 3)}
@@ -724,8 +728,11 @@ def _filter_and_select(
     doc_hash: np.ndarray,
     bq: _BlockQueries,
     cfg: DenseConfig,
+    removed_scores: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """Apply every filter in ``FILTER_ORDER`` to one block of queries and select."""
+    """Apply every filter in ``FILTER_ORDER`` to one block of queries and select; the scores of
+    the candidates each filter removes are added to ``removed_scores[filter]`` (a
+    ``mine.stats.Histogram``) when given."""
     num = cfg.num_negatives
     removed = dict.fromkeys(FILTER_ORDER, 0)
     idx, scores = cand_idx, cand_scores
@@ -747,6 +754,8 @@ def _filter_and_select(
     for name, mask_fn in steps.items():
         hit = mask_fn() & alive
         removed[name] += int(hit.sum())
+        if removed_scores is not None:
+            removed_scores[name].add(scores[hit])
         alive &= ~hit
     # The candidate list is top_k deep once positives and copies are out; the slack
     # fetched to make room for them is not part of it.
@@ -765,6 +774,8 @@ def _filter_and_select(
             continue
         hit = mask_fn() & alive
         removed[name] += int(hit.sum())
+        if removed_scores is not None:
+            removed_scores[name].add(scores[hit])
         alive &= ~hit
 
     pos = select_top(alive, num) if cfg.sampling == "top" else select_random(alive, num, bq.seeds)
@@ -831,22 +842,14 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
             n_pos += len(kp)
             n_neg += len(kn)
             r += n
-    scores = {"positive": _quantiles(pos_vals[:n_pos]), "negative": _quantiles(neg_vals[:n_neg]),
-              "margin": _quantiles(margin_vals[:n_neg])}
-    return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores}
-
-
-_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-
-
-def _quantiles(values: np.ndarray) -> dict:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return {"count": 0}
-    qs = np.quantile(values.astype(np.float64), _QUANTILES)
-    out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
-    out.update({f"q{int(q * 100):02d}": round(float(v), 6) for q, v in zip(_QUANTILES, qs)})
-    return out
+    # One schema with the BM25 miner (mine.stats): quantiles, and histograms on fixed cosine bins.
+    scores = {"positive": score_stats.score_quantiles(pos_vals[:n_pos]),
+              "negative": score_stats.score_quantiles(neg_vals[:n_neg]),
+              "margin": score_stats.score_quantiles(margin_vals[:n_neg])}
+    histograms = score_stats.score_histograms(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS,
+                                              positive=pos_vals[:n_pos], negative=neg_vals[:n_neg])
+    return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores,
+            "score_histograms": histograms}
 
 
 def _report_skeleton(source: str, cfg: DenseConfig, enc: Encoder | None, n_rows: int, n_corpus: int, n_q: int) -> dict:
