@@ -44,9 +44,16 @@ def similarity_filter(entry: SourceEntry, recipe, clean_dir: Path, dkey: str, ca
             name = "pairs.parquet" if entry.task_type == "retrieval" else "data.parquet"
             table = pq.read_table(clean_dir / name)
             kept, dropped = filter_by_test_similarity(table, _FIELD[entry.task_type], texts, f.threshold, recipe.bm25)
-            for other in Path(clean_dir).iterdir():  # corpus, hits, counts: unchanged
-                if other.name not in (name, "done.json") and other.is_file():
+            for other in Path(clean_dir).iterdir():  # corpus, hits: unchanged
+                if other.name not in (name, "done.json", "counts.json") and other.is_file():
                     shutil.copy(other, tmp / other.name)
+            import json  # the filter's drops count as decontamination drops (listed in its report)
+
+            counts = json.loads((Path(clean_dir) / "counts.json").read_text())
+            main = "pairs" if entry.task_type == "retrieval" else entry.task_type
+            counts[main]["dropped"] += len(dropped)
+            counts[main]["kept"] -= len(dropped)
+            emit.write_json(tmp / "counts.json", counts)
             pq.write_table(kept, tmp / name, compression="zstd")
             emit.write_json(tmp / "report.json", {
                 "test_set": task, "threshold": f.threshold, "test_texts": len(texts), "field": _FIELD[entry.task_type],

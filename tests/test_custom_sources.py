@@ -76,7 +76,7 @@ def test_a_custom_local_source_builds_end_to_end_and_is_decontaminated(custom_bu
     report = json.loads((root / "out" / "reports" / "decontamination.json").read_text())
     hits = [h for h in report["hits"] if h["source"] == "support_faq"]
     assert hits and {h["test_set"] for h in hits} == {"NQ"} and hits[0]["field"] == "query"
-    assert m["sources"]["support_faq"]["decontam_dropped"] == 1
+    assert m["sources"]["support_faq"]["dropped_decontamination"] == 1
     # the declaration (with the file's sha256) is in the resolved recipe: an edited file re-keys
     decl = m["recipe"]["sources"]["support_faq"]["custom"]
     assert decl["data_files"].endswith("faq.jsonl") and len(decl["revision"]) == 64

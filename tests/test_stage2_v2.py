@@ -39,7 +39,7 @@ def test_every_obtainable_source_of_the_v2_mix_is_built(v2_build, registry):
         == {"bioasq", "hover", "stackexchange_p2p"}
     assert set(m["sources"]) == {n for n in names if registry[n].available}
     for name, s in m["sources"].items():
-        assert s["rows"] > 0 and s["mean_negatives"] > 0, name
+        assert s["rows"] > 0 and s["negatives_per_row"] > 0, name
     shards = pq.read_table(out / "shards", columns=["source", "task_type", "negative_method"])
     methods = {(r["source"], r["negative_method"]) for r in shards.to_pylist()}
     for name in ("miracl", "mrtydi", "scifact", "nfcorpus"):

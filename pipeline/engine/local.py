@@ -96,6 +96,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
         for name in [n for n in raws if n in recipe.test_similarity.active_sources()]:
             decontam_dirs[name] = similarity_filter(registry[name], recipe, *decontam_dirs[name], cache, ctx.mirror)
             results[name].details["test_similarity"] = json.loads((decontam_dirs[name][0] / "report.json").read_text())
+            results[name].details["decontam_counts"] = json.loads((decontam_dirs[name][0] / "counts.json").read_text())
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}

@@ -571,6 +571,7 @@ def mine_sts_dense_negatives(
         "removed": {"gold_above_max": removed_gold},
         "rows_short": short,
         "rows_dropped": dropped,
+        "shortfall": {"rows": short, "dropped": dropped},  # the dense report's shape (nvdata.counts)
         "sources": reports,
     }
     return out, report
