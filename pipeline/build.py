@@ -9,6 +9,7 @@ and a re-run with one changed option redoes only the stages downstream of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -24,7 +25,6 @@ from nvdata.errors import NvdataError
 from nvdata.paths import default_cache_dir, sample_mirror_dir
 from nvdata.preflight import preflight
 from nvdata.recipe import Recipe
-from nvdata.registry import load_registry
 from nvdata.sources import download_source, obtainable
 from nvdata.stages.io import batch_rows
 from nvdata.engine import (  # noqa: F401  (re-exported: the stage contract lives there)
@@ -69,6 +69,7 @@ def run_build(
     progress: Callable[[str, int, int, str], None] | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    max_rows_per_source: int | None = None,
 ) -> BuildResult:
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
@@ -78,6 +79,9 @@ def run_build(
     ``engine`` picks the executor of the stages (:mod:`nvdata.engine`): ``local`` (this
     process) or ``ray`` (a Ray cluster at ``ray_address``; None starts a local one); the
     write step is the same for both, and so are the shards.
+    ``max_rows_per_source`` caps every source's formatted rows at once (a source's own
+    ``max_rows`` still applies: the smaller wins); the paper's per-source counts (its Table 12)
+    are not available offline, so this is the user's knob.
     """
     from nvdata.instruct import instruction_for_source
 
@@ -85,6 +89,11 @@ def run_build(
         raise NvdataError("give either --mirror or --sample, not both")
     if sample:
         mirror = sample_mirror_dir()
+    if max_rows_per_source is not None:
+        if max_rows_per_source < 1:
+            raise NvdataError(f"--max-rows-per-source must be positive, got {max_rows_per_source}")
+        recipe = dataclasses.replace(recipe, sources=tuple(
+            dataclasses.replace(s, max_rows=_min_limit(s.max_rows, max_rows_per_source)) for s in recipe.sources))
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
     cache = Path(cache) if cache else default_cache_dir()
@@ -94,7 +103,7 @@ def run_build(
             shutil.rmtree(cache / sub, ignore_errors=True)
     say = progress or (lambda stage, done, total, msg: None)
     timer = Timer()
-    registry = load_registry()
+    registry = recipe.registry()  # the source registry plus the recipe's own (custom) sources
     specs = {s.name: s for s in recipe.sources}
     ctx = BuildContext(recipe, registry, mirror, cache, encoder, device, limit, say, timer,
                        ray_address=ray_address)
@@ -120,8 +129,15 @@ def run_build(
                 tmp / "reports", manifest, hits=all_hits, mine_reports=mine_reports, index=index,
                 decontam_counts={n: r.details["decontam_counts"] for n, r in results.items()},
                 negatives_per_row=per_row)
+            # the paper's v2 options (recipe keys): --max-rows-per-source, test_similarity_filter
+            manifest["max_rows_per_source"] = max_rows_per_source
+            similarity = {n: r.details["test_similarity"] for n, r in results.items() if "test_similarity" in r.details}
+            for n, rep in similarity.items():
+                manifest["sources"][n]["test_similarity_dropped"] = rep["rows_dropped"]
+            if similarity:
+                emit.write_json(tmp / "reports" / "test_similarity.json", similarity)
             emit.write_data_card(tmp / "README.md", manifest, registry,
-                                 {n: instruction_for_source(n) for n in results})
+                                 {n: instruction_for_source(n, recipe.instructions()) for n in results})
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
     say("write", 1, 1, f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
     return BuildResult(out, manifest, list(results.values()), timer.t, skipped)
@@ -134,8 +150,11 @@ def _decontaminated_source(entry, recipe, index, cache, mirror, limit) -> Path |
     """Download (cached) + decontaminate (cached) one source; None when it cannot be loaded."""
     if not obtainable(entry, mirror):
         return None
+    from nvdata.shared_corpus import shared_corpus_stage
+
     raw = download_source(entry, cache=Path(cache), mirror=mirror, limit=limit)
-    return _decontaminate_stage(raw, recipe, index, Path(cache), batch_rows())[0]
+    d, dkey = _decontaminate_stage(raw, recipe, index, Path(cache), batch_rows())
+    return shared_corpus_stage(entry, d, dkey, recipe, Path(cache), mirror)[0]  # test content by id
 
 
 def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=None,
@@ -143,7 +162,7 @@ def run_decontaminate_sources(recipe: Recipe, *, names=None, mirror=None, limit=
     """`nvdata decontaminate`: download (cached) + decontaminate the sources, write the report."""
     from nvdata import decontam
 
-    registry = load_registry()
+    registry = recipe.registry()
     wanted = list(names or [s.name for s in recipe.sources])
     index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
     hits, counts = [], {}
@@ -165,7 +184,7 @@ def finetune_miner_from_recipe(recipe: Recipe, *, out: Path, encoder=None, mirro
     from nvdata import decontam
     from nvdata.finetune import finetune_miner
 
-    registry = load_registry()
+    registry = recipe.registry()
     index = decontam.build_test_index(recipe.decontamination, mirror=mirror, cache_dir=Path(cache) / "test-index")
     pair_files = []
     for spec in recipe.sources:

@@ -158,7 +158,9 @@ def download_cmd(
     if recipe:
         from nvdata.recipe import load_recipe
 
-        wanted = [s.name for s in _run(load_recipe, recipe).sources]
+        rec = _run(load_recipe, recipe)
+        reg = rec.registry()  # with the recipe's own (custom) sources
+        wanted = [s.name for s in rec.sources]
     else:
         wanted = list(names or reg)
     entries = [_run(get_source, n, reg) for n in wanted]
@@ -281,6 +283,7 @@ def build_cmd(
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Ignore every cached stage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it is a non-empty folder that is not an earlier build.")] = False,
+    max_rows_per_source: Annotated[Optional[int], typer.Option("--max-rows-per-source", min=1, help="Cap every source's formatted rows at N (seeded sample; a source's own max_rows still applies).")] = None,
 ):
     """Run a recipe end to end: download -> decontaminate -> format -> mine -> write.
 
@@ -306,7 +309,7 @@ def build_cmd(
 
         res = _run(run_build, rec, out=out, mirror=_mirror(mirror, False), sample=sample, encoder=encoder,
                    device=device, limit=limit, force=force, cache=_default_cache(cache), overwrite=overwrite,
-                   progress=on_progress)
+                   progress=on_progress, max_rows_per_source=max_rows_per_source)
     _print_build_summary(rec.name, res)
 
 

@@ -190,6 +190,15 @@ def source_instruction(name: str, instructions: Instructions | None = None) -> I
     return _lookup((instructions or load_instructions()).sources, name, "source")
 
 
+def entry_instruction(entry: SourceEntry, instructions: Instructions | None = None) -> Instruction:
+    """The instruction of a source: its own when a recipe declared it (``nvdata.custom``), else
+    the registry source's from ``instructions/training.yaml``."""
+    if entry.instruction is not None:
+        return Instruction(entry.name, "training", entry.instruction, "recipe", entry.document_instruction,
+                           reference="declared in the recipe (sources.<name>.custom)")
+    return source_instruction(entry.name, instructions)
+
+
 def task_instruction(name: str, instructions: Instructions | None = None) -> Instruction:
     """The full evaluation-instruction record of an MTEB task."""
     return _lookup((instructions or load_instructions()).tasks, name, "MTEB task")
@@ -407,7 +416,7 @@ class StreamingFormatter:
                 "class pools); use format_source"
             )
         self.entry, self.cfg = entry, cfg
-        ins = source_instruction(entry.name, instructions)
+        ins = entry_instruction(entry, instructions)
         self._rows = _Rows(entry.name, entry.task_type, ins, "none")
         self.rows_in = 0
         self.dropped: dict[str, int] = {"empty_text": 0}
@@ -521,7 +530,7 @@ def format_source(
         table = pa.concat_tables(parts) if parts else FORMATTED.empty_table()
         return table, fmt.report
     _check_columns(entry, raw)
-    ins = source_instruction(entry.name, instructions)
+    ins = entry_instruction(entry, instructions)
     rng = lab.rng_for(seed, entry.name)
     if entry.task_type == "classification":
         return _format_labelled(entry, raw, cfg, rng, ins, _classification_labels(entry, raw))

@@ -16,15 +16,19 @@ from nvdata.schema import TASK_TYPES
 
 REGISTRY_FILE = Path(__file__).with_name("registry.yaml")
 
-LAYOUTS = ("beir", "pairs", "table")
+LAYOUTS = ("beir", "pairs", "table", "passages", "clusters")
+# Layouts that only make sense for one task type.
+LAYOUT_TASK = {"beir": "retrieval", "passages": "retrieval", "clusters": "clustering"}
 # Canonical raw fields each (task type, layout) must map from Hub columns.
 REQUIRED_COLUMNS = {
     ("retrieval", "pairs"): ("query", "positive"),
+    ("retrieval", "passages"): ("query", "positive"),
     ("classification", "table"): ("text", "label"),
     ("clustering", "table"): ("text", "categories"),
+    ("clustering", "clusters"): ("text", "categories"),
     ("sts", "table"): ("sentence1", "sentence2", "score"),
 }
-OPTIONAL_COLUMNS = {("classification", "table"): ("label_text",)}
+OPTIONAL_COLUMNS = {("classification", "table"): ("label_text",), ("retrieval", "passages"): ("negatives",)}
 _KEYS = {
     "task_type", "hf_id", "config", "layout", "split", "revision", "columns", "streaming",
     "licence", "citation", "paper_samples", "available", "unavailable_reason", "note",
@@ -54,6 +58,14 @@ class SourceEntry:
     # STS gold scores on another scale than 0-5 (STS22: 1-4) are mapped linearly onto 0-5 at
     # download, so the paper's thresholds (>= 4 positive, <= 2.5 negative) mean the same everywhere.
     score_range: tuple[float, float] = (0.0, 5.0)
+    # A user's local file (a recipe `custom:` source, nvdata.custom): load_dataset(file_format,
+    # data_files=...) instead of a Hub id; `revision` then holds the file's sha256.
+    data_files: str | None = None
+    file_format: str | None = None
+    # A recipe's own source carries its instruction (nvdata.custom); a registry source's is in
+    # instructions/training.yaml.
+    instruction: str | None = None
+    document_instruction: bool = False
 
     @property
     def repo_path(self) -> str:
@@ -67,8 +79,9 @@ class SourceEntry:
         return d
 
 
-def _entry(name: str, raw: dict) -> SourceEntry:
-    where = f"registry source {name!r}"
+def parse_entry(name: str, raw: dict, where: str | None = None) -> SourceEntry:
+    """Validate one source mapping; ``where`` prefixes every error (default: the registry's)."""
+    where = where or f"registry source {name!r}"
     if not isinstance(raw, dict):
         raise NvdataError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = set(raw) - _KEYS
@@ -82,8 +95,8 @@ def _entry(name: str, raw: dict) -> SourceEntry:
         raise NvdataError(f"{where}.task_type: {task_type!r} is not one of {TASK_TYPES}")
     if layout not in LAYOUTS:
         raise NvdataError(f"{where}.layout: {layout!r} is not one of {LAYOUTS}")
-    if layout == "beir" and task_type != "retrieval":
-        raise NvdataError(f"{where}.layout: 'beir' is only for retrieval sources")
+    if layout in LAYOUT_TASK and task_type != LAYOUT_TASK[layout]:
+        raise NvdataError(f"{where}.layout: {layout!r} is only for {LAYOUT_TASK[layout]} sources")
     columns = dict(raw.get("columns") or {})
     required = REQUIRED_COLUMNS.get((task_type, layout), ())
     missing = [c for c in required if c not in columns]
@@ -135,7 +148,7 @@ def load_registry(path: str | Path | None = None) -> dict[str, SourceEntry]:
         raise NvdataError(f"cannot read source registry {p}: {e}") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("sources"), dict):
         raise NvdataError(f"source registry {p}: expected a top-level 'sources' mapping")
-    return {name: _entry(name, raw) for name, raw in doc["sources"].items()}
+    return {name: parse_entry(name, raw) for name, raw in doc["sources"].items()}
 
 
 def get_source(name: str, registry: dict[str, SourceEntry] | None = None) -> SourceEntry:

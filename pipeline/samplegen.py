@@ -173,6 +173,33 @@ def pairs_repo(rng, entry, n=60) -> dict:
     return {entry.config or "default": {entry.split: _tbl(rows, cols)}}
 
 
+def passages_repo(rng: random.Random, entry, n: int = 40) -> dict:
+    """Tevatron-style rows: query + lists of {docid, title, text} positive / negative passages.
+
+    Some passages recur across queries (shared docids, as in the real sets), and Cohere's
+    MIRACL copy carries a per-query ``emb`` vector, kept here so the columns match."""
+    facts = _facts(rng)
+    pool = [(f"{entry.name}-p{i}", _cap(e), _passage(rng, e, f)) for i, (_t, e, f) in enumerate(facts)]
+    rows = []
+    for i in range(n):
+        topic, e, _f = facts[i % len(facts)]
+        same = [p for p in pool if p[1] == _cap(e)]
+        other = [p for p in pool if p[1] != _cap(e)]
+        pos = same[: 1 + i % 2]
+        neg = rng.sample(other, 3)
+        as_struct = lambda ps: [{"docid": d, "title": t, "text": x} for d, t, x in ps]  # noqa: E731
+        row = {"query_id": str(1000 + i), "query": _question(rng, e), "positive_passages": as_struct(pos),
+               "negative_passages": as_struct(neg)}
+        if entry.hf_id.startswith("Cohere/"):
+            row["emb"] = [round(rng.uniform(-1, 1), 4) for _ in range(4)]
+        rows.append(row)
+    passage = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+    schema = pa.schema([("query_id", pa.string()), ("query", pa.string()),
+                        ("positive_passages", pa.list_(passage)), ("negative_passages", pa.list_(passage))]
+                       + ([("emb", pa.list_(pa.float32()))] if "emb" in rows[0] else []))
+    return {entry.config or "default": {entry.split: pa.Table.from_pylist(rows, schema=schema)}}
+
+
 # -- classification / clustering / sts ------------------------------------------------------
 
 SENTIMENT = {
@@ -216,7 +243,7 @@ def _variants(rng, templates: dict[str, list[str]], fillers: list[str], n: int):
 
 
 def classification_repo(rng, entry, n=72) -> dict:
-    if entry.name in ("banking77", "mtop_intent"):
+    if entry.name in ("banking77", "mtop_intent", "mtop_domain", "massive_intent", "massive_scenario"):
         rows = _variants(rng, INTENTS, [], n)
     elif entry.name == "emotion":
         rows = _variants(rng, EMOTIONS, PRODUCTS + ["the exam", "moving house", "the weather"], n)
@@ -224,6 +251,8 @@ def classification_repo(rng, entry, n=72) -> dict:
         two = {"counterfactual" if entry.name == "amazon_counterfactual" else "toxic": SENTIMENT["negative"],
                "not-counterfactual" if entry.name == "amazon_counterfactual" else "not toxic": SENTIMENT["positive"]}
         rows = _variants(rng, two, PRODUCTS, n)
+    elif entry.name == "amazon_polarity":  # binary, as the real set
+        rows = _variants(rng, {k: SENTIMENT[k] for k in ("negative", "positive")}, PRODUCTS, n)
     else:
         rows = _variants(rng, SENTIMENT, PRODUCTS, n)
     label_ids = {lab: i for i, lab in enumerate(sorted({lab for _, lab in rows}))}
@@ -260,6 +289,38 @@ def clustering_repo(rng, hf_id: str) -> dict:
     for r in rows:
         r["category"] = r["topic"]
     return {"default": {"train": _tbl(rows, ["title", "abstract", "category"])}}
+
+
+def reddit_repo(rng) -> dict:
+    """sentence-transformers/reddit-title-body: title, body, subreddit (one post per row)."""
+    subs = {"space": "astronomy", "Cooking": "cooking", "personalfinance": "finance",
+            "AskDocs": "medicine", "AskHistorians": "history", "learnprogramming": "software"}
+    facts = _facts(rng)
+    rows = []
+    for i in range(60):
+        topic, e, f = facts[i % len(facts)]
+        sub = next(s for s, t in subs.items() if t == topic)
+        rows.append({"title": _cap(_question(rng, e)) + "?",
+                     "body": f"I read that {e} {f}. {rng.choice(EXTRA_SENTENCES)} Can anyone confirm?",
+                     "subreddit": sub})
+    return {"default": {"train": _tbl(rows, ["title", "body", "subreddit"])}}
+
+
+def cluster_sets_repo(rng, entry, n_sets: int = 3) -> dict:
+    """MTEB clustering layout: each row one cluster set (sentences + parallel labels)."""
+    sites = {"astronomy": "astronomy", "cooking": "cooking", "money": "finance",
+             "medicalsciences": "medicine", "history": "history", "softwareengineering": "software"}
+    facts = _facts(rng)
+    rows = []
+    for k in range(n_sets):
+        sents, labels = [], []
+        for i in range(18):
+            topic, e, f = facts[(k * 18 + i) % len(facts)]
+            sents.append(_cap(_question(rng, e)) + "?")
+            labels.append(next(s for s, t in sites.items() if t == topic))
+        rows.append({"sentences": sents, "labels": labels})
+    schema = pa.schema([("sentences", pa.list_(pa.string())), ("labels", pa.list_(pa.string()))])
+    return {"default": {entry.split: pa.Table.from_pylist(rows, schema=schema)}}
 
 
 def newsgroups_repo(rng) -> dict:
@@ -318,6 +379,14 @@ def training_repos(seed: int = 0) -> dict[str, dict[str, dict[str, pa.Table]]]:
         rng = random.Random(f"{seed}-{name}")
         if entry.layout == "beir":
             part = beir_repo(rng, prefix="")
+        elif entry.layout == "passages":
+            part = passages_repo(rng, entry)
+        elif entry.layout == "clusters":
+            part = cluster_sets_repo(rng, entry)
+        elif entry.hf_id == "sentence-transformers/reddit-title-body":
+            if entry.hf_id in repos:
+                continue  # one repo backs both the S2S (title) and the P2P (body) source
+            part = reddit_repo(random.Random(f"{seed}-{entry.hf_id}"))
         elif entry.task_type == "retrieval":
             part = pairs_repo(rng, entry)
         elif entry.task_type == "classification":

@@ -386,6 +386,13 @@ PLANT_PLAN = [
     ("paraphrase", "toxic_conversations", "text", "ToxicConversationsClassification"),
     ("paraphrase", "sts22", "sentence1", "STS22"),
     ("paraphrase", "medrxiv_p2p", "text", "MedrxivClusteringP2P"),
+    # siblings of MTEB test sets (NV-Embed-v2 sources): their own test sets must catch these
+    ("exact", "scifact", "query", "SciFact"),
+    ("ngram13", "nfcorpus", "corpus", "NFCorpus"),
+    ("variant", "massive_intent", "text", "MassiveIntentClassification"),
+    ("exact", "massive_scenario", "text", "MassiveScenarioClassification"),
+    ("ngram13", "amazon_polarity", "text", "AmazonPolarityClassification"),
+    ("exact", "reddit_clustering", "text", "RedditClustering"),
 ]
 EXPECTED_METHOD = {"exact": "exact", "variant": "exact", "ngram13": "ngram", "paraphrase": "near_dup"}
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nvdata import layouts
 from nvdata.errors import NvdataError
 from nvdata.fsutil import mirror_fingerprint, staged_dir
 from nvdata.registry import SourceEntry
@@ -96,10 +97,14 @@ def stream_split(
     """Yield the split as Arrow tables of up to BATCH_ROWS rows, straight from load_dataset."""
     import datasets
 
-    path = repo_location(entry, mirror)
     kwargs = {"split": split, "streaming": True}
-    if mirror is None and entry.revision:
-        kwargs["revision"] = entry.revision  # a mirror is one snapshot: no revisions to pick
+    if entry.data_files is not None:  # a user's local file (nvdata.custom): no Hub, no mirror
+        path, config = entry.file_format, None
+        kwargs["data_files"] = {split: entry.data_files}
+    else:
+        path = repo_location(entry, mirror)
+        if mirror is None and entry.revision:
+            kwargs["revision"] = entry.revision  # a mirror is one snapshot: no revisions to pick
     try:
         ds = datasets.load_dataset(path, config, **kwargs)
     except NvdataError:
@@ -426,7 +431,8 @@ def _write_raw(entry: SourceEntry, out: Path, mirror: Path | None, limit: int | 
                 return rows
             rows = 0
             batches = _limited(stream_split(entry, entry.config, entry.split, mirror), limit)
-            for pairs, docs in _map_pairs(entry, batches):
+            mapper = layouts.map_passages if entry.layout == "passages" else _map_pairs
+            for pairs, docs in mapper(entry, batches):
                 pw.write_table(pairs)
                 cw.write_table(docs)
                 rows += pairs.num_rows
@@ -436,6 +442,8 @@ def _write_raw(entry: SourceEntry, out: Path, mirror: Path | None, limit: int | 
     rows = 0
     with pq.ParquetWriter(out / "data.parquet", schema, compression="zstd") as w:
         batches = _limited(stream_split(entry, entry.config, entry.split, mirror), limit)
+        if entry.layout == "clusters":  # whole cluster sets per row -> one text per row
+            batches = layouts.explode_cluster_sets(entry, batches)
         for t in mapper(entry, batches):
             w.write_table(t)
             rows += t.num_rows

@@ -456,3 +456,119 @@ def test_config_from_dict_and_to_dict():
             BM25Config.from_dict(d, "recipe.x")
     with pytest.raises(NvdataError, match="BM25Config.query_batch_size"):
         BM25Config(query_batch_size=0)
+
+
+# -- the paper's v2 options: dense STS negatives, the BM25 similarity-to-test filter -------------
+@pytest.fixture(scope="module")
+def v2_options_build(tmp_path_factory):
+    """sts via mining.sts.method: dense, and emotion through the test-similarity filter."""
+    import yaml
+
+    from nvdata.build import run_build
+    from nvdata.recipe import load_recipe
+
+    root = tmp_path_factory.mktemp("v2opts")
+    p = root / "r.yaml"
+    p.write_text(yaml.safe_dump({
+        "name": "v2opts", "stage": 2, "sources": ["emotion", "sts12"],
+        # margin filter off, so only the gold rule stands between a gold partner and the negatives
+        "mining": {"sts": {"method": "dense"}, "bm25": {"num_negatives": 2}, "dense": {"relative_margin": None}},
+        "test_similarity_filter": {"threshold": 3.0, "sources": {"emotion": "EmotionClassification"}},
+    }))
+    res = run_build(load_recipe(p), out=root / "out", sample=True, cache=root / "cache")
+    return root, res
+
+
+@pytest.mark.slow
+def test_dense_sts_negatives_never_take_a_gold_partner_above_2_5(v2_options_build):
+    import pyarrow.parquet as pq
+
+    from nvdata.paths import sample_mirror_dir
+    from nvdata.registry import load_registry
+    from nvdata.sources import download_source
+
+    root, res = v2_options_build
+    rows = pq.read_table(root / "out" / "shards").filter(pa.compute.equal(pa.compute.field("task_type"), "sts"))
+    assert rows.num_rows > 0
+    assert set(rows.column("negative_method").to_pylist()) == {"dense"}
+    reg = load_registry()
+    partners: dict[str, set[str]] = {}
+    for name in ("sts12",):
+        raw = download_source(reg[name], cache=root / "cache", mirror=sample_mirror_dir()).read()
+        for a, b, s in zip(*(raw.column(c).to_pylist() for c in ("sentence1", "sentence2", "score"))):
+            if s > 2.5:
+                partners.setdefault(normalize_text(a), set()).add(normalize_text(b))
+                partners.setdefault(normalize_text(b), set()).add(normalize_text(a))
+    for r in rows.to_pylist():
+        assert r["negatives"] and len(r["negatives"]) == len(r["negative_scores"])
+        for neg in r["negatives"]:
+            assert normalize_text(neg) not in partners.get(normalize_text(r["query"]), set())
+            assert normalize_text(neg) not in (normalize_text(r["query"]), normalize_text(r["positive"]))
+    report = json.loads((root / "out" / "reports" / "mining.json").read_text())
+    for name in ("sts12",):
+        assert report[name]["method"] == "dense"
+        assert "gold_above_max" in report[name]["removed"]
+
+
+def test_dense_sts_rule_removes_a_close_gold_partner_the_encoder_ranks_first(tmp_path):
+    """A hand-built pool where the nearest text to q+ (after d+) is its gold-3.0 partner: the
+    dense miner alone would take it; the STS rule must not."""
+    from nvdata.mine.bm25 import mine_sts_dense_negatives
+    from nvdata.mine.dense import DenseConfig
+
+    pool = pa.table({
+        "row_index": [0, 1, 2, 3, 4],
+        "sentence1": ["A man plays a guitar.", "A man plays a guitar.", "A woman slices an onion.",
+                      "The stock market fell sharply.", "Two dogs run on the beach."],
+        "sentence2": ["A man is playing the guitar.", "A man is playing a guitar on a stage.",
+                      "Someone is cutting vegetables.", "Shares dropped on Monday.", "A cat sleeps."],
+        "score": [4.6, 3.0, 1.0, 0.2, 0.0]}, schema=schema.RAW_STS)
+    row = {"id": "r0", "source": "sts12", "task_type": "sts", "instruction": "Retrieve semantically similar text.",
+           "query": "A man plays a guitar.", "positive": "A man is playing the guitar.", "negatives": [],
+           "negative_scores": [], "positive_score": None, "negative_method": "none", "in_batch_negatives": False,
+           "document_instruction": "Retrieve semantically similar text.", "query_id": "q0", "positive_id": "p0"}
+    rows = pa.Table.from_pylist([row], schema=schema.FORMATTED)
+    dense = DenseConfig.from_dict({"relative_margin": None, "num_negatives": 1}, "mining.dense")
+    mined, report = mine_sts_dense_negatives(rows, {"sts12": pool}, BM25Config(num_negatives=1), dense,
+                                             encoder=None, device="cpu", cache_dir=tmp_path, seed=0)
+    negs = mined.column("negatives").to_pylist()[0]
+    assert mined.column("negative_method").to_pylist() == ["dense"] and len(negs) == 1
+    assert negs[0] != "A man is playing a guitar on a stage."
+    assert report["removed"]["gold_above_max"] == 1  # it was the miner's first pick
+    # and without the rule's threshold (max_gold_score 5), the partner is what dense picks
+    mined, _ = mine_sts_dense_negatives(rows, {"sts12": pool}, BM25Config(num_negatives=1, max_gold_score=5.0),
+                                        dense, encoder=None, device="cpu", cache_dir=tmp_path, seed=0)
+    assert mined.column("negatives").to_pylist()[0] == ["A man is playing a guitar on a stage."]
+
+
+@pytest.mark.slow
+def test_test_similarity_filter_drops_and_lists_rows_above_the_threshold(v2_options_build):
+    import pyarrow.parquet as pq
+
+    root, res = v2_options_build
+    rep = json.loads((root / "out" / "reports" / "test_similarity.json").read_text())["emotion"]
+    assert rep["test_set"] == "EmotionClassification" and rep["threshold"] == 3.0 and rep["test_texts"] > 0
+    assert 0 < rep["rows_dropped"] == len(rep["dropped"]) < rep["rows_checked"]
+    assert all(d["score"] > 3.0 and d["test_text"] for d in rep["dropped"])
+    assert res.manifest["sources"]["emotion"]["test_similarity_dropped"] == rep["rows_dropped"]
+    shards = pq.read_table(root / "out" / "shards").filter(pa.compute.equal(pa.compute.field("source"), "emotion"))
+    texts = set(shards.column("query").to_pylist()) | {t for ts in shards.column("negatives").to_pylist() for t in ts} \
+        | set(shards.column("positive").to_pylist())
+    assert not texts & {d["text"] for d in rep["dropped"]}
+
+
+def test_filter_by_test_similarity_scores_against_the_test_texts():
+    from nvdata.mine.bm25 import filter_by_test_similarity
+
+    table = pa.table({"row_index": [0, 1, 2], "text": [
+        "i feel so cheerful about the garden party today",
+        "the quarterly invoice is attached",
+        "nothing in common here"]})
+    tests = [("t1", "i feel so cheerful about the garden party"), ("t2", "weather report for monday"),
+             ("t3", "a cat sat on the mat")]
+    kept, dropped = filter_by_test_similarity(table, "text", tests, threshold=2.0)
+    assert kept.column("row_index").to_pylist() == [1, 2]
+    assert [d["row_index"] for d in dropped] == [0] and dropped[0]["test_item_id"] == "t1"
+    assert dropped[0]["score"] > 2.0
+    kept, dropped = filter_by_test_similarity(table, "text", tests, threshold=1e9)
+    assert kept.num_rows == 3 and dropped == []

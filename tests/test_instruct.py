@@ -125,7 +125,8 @@ def test_instruction_rows_for_the_cli(ins):
     assert set(rows[0]) == {"set", "name", "instruction", "document_instruction", "origin", "reference"}
     (row,) = instruction_rows("sts22", ins)
     assert row["set"] == "training" and row["document_instruction"] is True
-    assert [r["name"] for r in instruction_rows("scifact", ins)] == ["SciFact"]  # case-insensitive
+    assert [r["name"] for r in instruction_rows("touche2020", ins)] == ["Touche2020"]  # case-insensitive
+    assert [r["set"] for r in instruction_rows("scifact", ins)] == ["training"]  # an exact name wins
     with pytest.raises(NvdataError, match="did you mean msmarco"):
         instruction_rows("msmarc", ins)
     with pytest.raises(NvdataError, match="no instruction for source"):

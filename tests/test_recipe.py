@@ -14,7 +14,10 @@ def test_builtin_recipes_load_and_match_the_paper_stages(registry):
     assert {registry[s.name].task_type for s in s1.sources} == {"retrieval"}
     assert s2.stage == 2 and not s2.in_batch_negatives
     assert {registry[s.name].task_type for s in s2.sources} == {"retrieval", "classification", "clustering", "sts"}
-    assert {s.name for s in s2.sources} == set(registry)
+    assert {s.name for s in v2.sources} == set(registry)  # v2: the whole registry, v1 + v2 additions
+    assert len(s2.sources) == 29 and {s.name for s in s2.sources} < set(registry)
+    assert v2.sts_method == s2.sts_method == "bm25"  # the seeds' rule stays the default
+    assert not v2.test_similarity.enabled and v2.test_similarity.threshold is None
     assert s2.format.to_dict()["classification_mode"] == "label"
     assert v2.format.to_dict()["classification_mode"] == "example"
     assert s1.config_hash() != s2.config_hash()
@@ -55,6 +58,17 @@ BASE = {"name": "t", "stage": 2, "sources": ["banking77", "sts12"]}
         ({"decontamination": {"ngram_n": "x"}}, "decontamination.ngram_n"),
         ({"output": {"shard_rows": 0}}, "output.shard_rows"),
         ({"output": {"dirr": "x"}}, "output.dirr"),
+        ({"mining": {"sts": {"method": "sparse"}}}, "mining.sts.method"),
+        ({"mining": {"sts": {"methd": "dense"}}}, "mining.sts.methd"),
+        # the paper's test-similarity filter: on without a threshold is an error (section 4.2 has none)
+        ({"test_similarity_filter": {"enabled": True, "sources": {"banking77": "Banking77Classification"}}},
+         "test_similarity_filter.threshold"),
+        ({"test_similarity_filter": {"threshold": 5, "sources": {"emotion": "EmotionClassification"}}},
+         "test_similarity_filter.sources.emotion"),
+        ({"test_similarity_filter": {"enabled": True, "threshold": -1, "sources": {"banking77": "x"}}},
+         "test_similarity_filter.threshold"),
+        ({"test_similarity_filter": {"enabled": True, "threshold": 5}}, "test_similarity_filter.sources"),
+        ({"sources": {"nq": {"custom": {"path": "x.jsonl"}}}}, "sources.nq.custom"),
     ],
 )
 def test_bad_recipe_values_name_the_key(tmp_path, change, key):
@@ -72,3 +86,15 @@ def test_missing_and_unreadable_recipes(tmp_path):
         load_recipe(p)
     with pytest.raises(NvdataError, match="sources"):
         load_recipe(_write(tmp_path, {"name": "t", "stage": 1}))
+
+
+def test_sts_method_and_filter_keys_reach_the_resolved_recipe(tmp_path):
+    doc = dict(BASE, mining={"sts": {"method": "dense"}},
+               test_similarity_filter={"threshold": 12.5, "sources": {"banking77": "Banking77Classification"}})
+    r = load_recipe(_write(tmp_path, doc))
+    assert r.sts_method == "dense"
+    assert r.test_similarity.enabled and r.test_similarity.threshold == 12.5
+    d = r.to_dict()
+    assert d["mining"]["sts"] == {"method": "dense"}
+    assert d["test_similarity_filter"]["sources"] == {"banking77": "Banking77Classification"}
+    assert r.config_hash() != load_recipe(_write(tmp_path, BASE)).config_hash()

@@ -22,7 +22,7 @@ from nvdata import counts as named
 
 REPORT_NAME = "decontamination"
 MD_TEXT_CHARS = 300  # texts in the .md are clipped here; the .json has them whole
-_METHODS = ("exact", "ngram", "near_dup")
+_METHODS = ("exact", "ngram", "near_dup", "shared_corpus")  # shared_corpus: nvdata.shared_corpus (by id)
 
 
 def _source_counts(c: dict, dropped_rows_from_hits: int) -> dict:
@@ -161,6 +161,8 @@ def evidence_text(method: str, ev: dict) -> str:
         return f"near_dup: Jaccard {ev.get('jaccard')} on {ev.get('shingle_size', '?')}-word shingles"
     if method == "ngram":
         return f"ngram: shared {ev.get('n')}-gram \"{clip(ev.get('ngram'), 120)}\""
+    if method == "shared_corpus":  # nvdata.shared_corpus: test content by id, not by text
+        return f"shared_corpus: {ev.get('reason')}"
     return "exact: equal after normalization"
 
 

@@ -23,8 +23,11 @@ from nvdata.engine import (
     dense_key,
     format_key,
     instructions_key,
+    key_of,
     stage_folder,
 )
+from nvdata.shared_corpus import shared_corpus_stage
+from nvdata.similarity_filter import mine_sts_dense, similarity_filter
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
@@ -81,6 +84,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                                           cache_dir=cache / "test-index")
         for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = decontaminate(raw, recipe, index, cache, ctx.batch_rows)
+            d, dkey = shared_corpus_stage(registry[name], d, dkey, recipe, cache, ctx.mirror)  # test ids
             decontam_dirs[name] = (d, dkey)
             all_hits.extend(json.loads((d / "hits.json").read_text()))
             counts = json.loads((d / "counts.json").read_text())
@@ -88,6 +92,11 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
             say("decontaminate", done, len(raws), f"{name}: {named_counts.decontamination_line(counts)}")
+        # recipe test_similarity_filter (arXiv 2405.17428 v3 section 4.2), nvdata.similarity_filter
+        for name in [n for n in raws if n in recipe.test_similarity.active_sources()]:
+            decontam_dirs[name] = similarity_filter(registry[name], recipe, *decontam_dirs[name], cache, ctx.mirror)
+            results[name].details["test_similarity"] = json.loads((decontam_dirs[name][0] / "report.json").read_text())
+            results[name].details["decontam_counts"] = json.loads((decontam_dirs[name][0] / "counts.json").read_text())
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
@@ -95,7 +104,9 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
         instr_key = instructions_key()
         for done, name in enumerate(raws, 1):
             d, dkey = decontam_dirs[name]
-            key = format_key(dkey, recipe, instr_key, specs[name].max_rows)
+            own = registry[name].instruction  # a recipe's own source carries its instruction
+            ikey = instr_key if own is None else key_of(instr_key, own, registry[name].document_instruction)
+            key = format_key(dkey, recipe, ikey, specs[name].max_rows)
             with stage_folder(cache, "format", name, key) as (fdir, tmp):
                 if tmp is not None:
                     fstage.format_rows(registry[name], d / raws[name].data_file.name, cfg=recipe.format,
@@ -127,8 +138,14 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                 pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
                 pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
                 key = bm25_key(fkey, recipe, [decontam_dirs[n][1] for n in pool_names])
+                if recipe.sts_method == "dense":  # mining.sts.method (arXiv 2405.17428 v3 section 4.2)
+                    encoder = encoder or mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
+                    key = key_of(key, "sts-dense", dense_key(fkey, recipe, encoder.fingerprint))
                 with stage_folder(cache, "mine", name, key) as (mdir, tmp):
-                    if tmp is not None:
+                    if tmp is not None and recipe.sts_method == "dense":
+                        mine_sts_dense(rows_file, pools, recipe=recipe, encoder=encoder,
+                                       cache_dir=cache / "embeddings", out=tmp)
+                    elif tmp is not None:
                         mstage.mine_bm25(rows_file, pools, cfg=recipe.bm25, out=tmp)
             else:
                 with stage_folder(cache, "mine", name, fkey) as (mdir, tmp):

@@ -48,6 +48,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -491,3 +492,121 @@ def _pool_stats(index: OkapiIndex) -> dict:
         "average_idf": round(index.average_idf, 6),
         "epsilon_idf_terms": index.n_negative_idf,
     }
+
+
+# -- the paper's v2 options -----------------------------------------------------------------
+def mine_sts_dense_negatives(
+    rows: pa.Table,
+    pools: Mapping[str, pa.Table],
+    cfg: BM25Config,
+    dense_cfg,
+    *,
+    encoder,
+    device: str | None,
+    cache_dir,
+    seed: int,
+) -> tuple[pa.Table, dict]:
+    """STS negatives the NV-Embed v2 way (recipe ``mining.sts.method: dense``).
+
+    arXiv 2405.17428 v3, section 4.2: STS negatives are mined with "the same technique as
+    section 4.1.1", i.e. :func:`nvdata.mine.dense.mine_dense_negatives` (its positive-aware
+    margin filter included) over the STS pool of :func:`build_sts_pool` (``cfg.pool``). The STS
+    rule that never lets a text with a gold score above ``cfg.max_gold_score`` with q+ be a
+    negative is applied on top: the dense miner is asked for as many extra candidates as the
+    row's query has such gold partners, the partners are removed (counted as
+    ``gold_above_max``) and the first ``cfg.num_negatives`` left are kept. ``cfg.on_shortfall``
+    decides about rows left short. Rows get ``negative_method`` ``"dense"`` (``"none"`` when
+    nothing is left).
+    """
+    from nvdata.mine.dense import mine_dense_negatives
+
+    rows = _check_rows(rows, pools)
+    pool_tables = {name: _check_pool(name, table) for name, table in sorted(pools.items())}
+    norm = _Normalizer()
+    partners = gold_partners(pool_tables.values(), cfg.max_gold_score, norm)
+    want = cfg.num_negatives
+    reports, parts = {}, []
+    removed_gold = 0
+    short = dropped = 0
+    for source in sorted(set(rows.column("source").to_pylist())):
+        part = rows.filter(pc.equal(rows.column("source"), source))
+        tables = list(pool_tables.values()) if cfg.pool == "all" else [pool_tables[source]]
+        pool = build_sts_pool(ALL_POOL if cfg.pool == "all" else source, tables, norm)
+        corpus = pa.table({"doc_id": [f"s{i}" for i in range(len(pool.texts))], "text": pool.texts},
+                          schema=schema.RAW_RETRIEVAL_CORPUS)
+        queries = part.column("query").to_pylist()
+        slack = max((len(partners.get(norm(q), ())) for q in queries), default=0)
+        ask = min(want + slack, max(len(pool.texts) - 1, 1))
+        top_k = max(dense_cfg.top_k, ask)
+        dcfg = dataclasses.replace(dense_cfg, num_negatives=ask, top_k=top_k, on_shortfall="keep",
+                                   range_max=None if dense_cfg.range_max is None else max(dense_cfg.range_max, ask + dense_cfg.range_min))
+        mined, report = mine_dense_negatives(part, corpus, dcfg, encoder=encoder, device=device,
+                                             cache_dir=cache_dir, seed=seed)
+        negs = mined.column("negatives").to_pylist()
+        scores = mined.column("negative_scores").to_pylist()
+        keep, method = [], []
+        for i, q in enumerate(mined.column("query").to_pylist()):
+            bad = partners.get(norm(q), set())
+            pairs = [(t, s) for t, s in zip(negs[i], scores[i]) if norm(t) not in bad]
+            removed_gold += len(negs[i]) - len(pairs)
+            pairs = pairs[:want]
+            negs[i], scores[i] = [t for t, _ in pairs], [s for _, s in pairs]
+            short += int(len(pairs) < want)
+            ok = bool(pairs) or cfg.on_shortfall == "keep"
+            dropped += int(not ok)
+            keep.append(ok)
+            method.append("dense" if pairs else "none")
+        fmt = schema.FORMATTED
+        for name, values in (("negatives", negs), ("negative_scores", scores), ("negative_method", method)):
+            mined = mined.set_column(mined.schema.get_field_index(name), fmt.field(name),
+                                     pa.array(values, type=fmt.field(name).type))
+        parts.append(mined.filter(pa.array(keep, pa.bool_())))
+        reports[source] = report
+    out = pa.concat_tables(parts) if parts else rows
+    report = {
+        "method": "dense",
+        "technique": "arXiv 2405.17428 v3 section 4.2: dense positive-aware mining (section 4.1.1) "
+                     f"+ no gold partner above {cfg.max_gold_score} as a negative",
+        "num_negatives": want,
+        "removed": {"gold_above_max": removed_gold},
+        "rows_short": short,
+        "rows_dropped": dropped,
+        "shortfall": {"rows": short, "dropped": dropped},  # the dense report's shape (nvdata.counts)
+        "sources": reports,
+    }
+    return out, report
+
+
+def filter_by_test_similarity(
+    table: pa.Table, text_column: str, test_texts: Sequence[tuple[str, str]], threshold: float,
+    cfg: BM25Config | None = None,
+) -> tuple[pa.Table, list[dict]]:
+    """Drop rows whose text has a BM25 score above ``threshold`` against any test text.
+
+    arXiv 2405.17428 v3, section 4.2 (EmotionClassification, AmazonCounterfactual): each
+    training text is the query, the test texts (``(item_id, text)`` pairs) are the corpus,
+    scored with Okapi BM25 (``cfg``'s k1, b, epsilon and tokenizer); a row goes when its best
+    score is > ``threshold``. Returns the kept rows and one record per dropped row: its
+    ``row_index``, text, best score, and the test item that scored it.
+    """
+    cfg = cfg or BM25Config()
+    tokenize = cfg.tokenizer()
+    if not test_texts or table.num_rows == 0:
+        return table, []
+    index = OkapiIndex((tokenize(t) for _, t in test_texts), cfg.k1, cfg.b, cfg.epsilon)
+    texts = table.column(text_column).to_pylist()
+    row_ids = table.column("row_index").to_pylist() if "row_index" in table.column_names else list(range(len(texts)))
+    keep = np.ones(len(texts), dtype=bool)
+    dropped: list[dict] = []
+    for start in range(0, len(texts), cfg.query_batch_size):
+        block = texts[start : start + cfg.query_batch_size]
+        scores = index.score_batch([index.term_ids(tokenize(t)) for t in block])
+        best = scores.argmax(axis=1)
+        for j, b in enumerate(best.tolist()):
+            score = float(scores[j, b])
+            if score > threshold:
+                keep[start + j] = False
+                item, test_text = test_texts[b]
+                dropped.append({"row_index": row_ids[start + j], "text": block[j], "score": round(score, 4),
+                                "test_item_id": item, "test_text": test_text})
+    return table.filter(pa.array(keep)), dropped
