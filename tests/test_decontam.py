@@ -584,3 +584,21 @@ def test_every_index_table_keeps_several_items_under_one_key(tmp_path):
     _, hits = decontaminate_table(pa.table({"row_index": [0], "text": [training]}), ["text"], source="t",
                                   index=index, cfg=cfg, id_column="row_index")
     assert [(h["method"], h["test_item_id"]) for h in hits] == [("near_dup", "1000")]
+
+
+def test_a_mirror_lacking_a_test_set_is_an_error_naming_it_not_a_hub_download(tmp_path):
+    """With --mirror the user chose where data comes from: a missing test set must be named at
+    once, not fetched from the Hub behind their back (build, decontaminate and audit alike)."""
+    cfg = DecontamConfig.from_dict({"benchmarks": [], "add_tasks": ["Banking77Classification", "SciFact"]})
+    partial = tmp_path / "mirror"
+    spec = next(s for s in resolve_test_sets(cfg) if s.task == "Banking77Classification")
+    src = Path(__file__).resolve().parents[1] / "pipeline" / "sample_mirror" / spec.path
+    import shutil
+
+    shutil.copytree(src, partial / spec.path)
+    with pytest.raises(NvdataError, match=r"lacks 1 test set\(s\): SciFact"):
+        build_test_index(cfg, mirror=partial, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache" / "decontam").exists()  # refused before any work
+    index = build_test_index(DecontamConfig.from_dict({"benchmarks": [], "add_tasks": ["Banking77Classification"]}),
+                             mirror=partial, cache_dir=tmp_path / "cache")
+    assert index.meta["n_items"] > 0
