@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import stages
 from nvdata.engine import (
     BuildContext,
@@ -86,7 +87,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
             main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
-            say("decontaminate", done, len(raws), f"{name}: dropped {results[name].decontam_dropped}")
+            say("decontaminate", done, len(raws), f"{name}: {named_counts.decontamination_line(counts)}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
@@ -137,9 +138,12 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
             r = results[name]
             r.rows_file = mdir / "rows.parquet"
             r.rows, total = 0, 0
+            per_row = named_counts.NegativesPerRow()
             for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
                 r.rows += b.num_rows
                 total += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
+                per_row.add(b.column(0))
             r.mean_negatives = total / r.rows if r.rows else 0.0
+            r.details["negatives_per_row"] = per_row.to_dict()
             say("mine", done, len(raws), f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
     return StageOutputs(results, skipped, index, all_hits, mine_reports)

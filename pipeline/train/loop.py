@@ -32,6 +32,7 @@ import torch
 
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import staged_dir
+from nvdata.preflight import preflight
 from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
 from nvdata.train.loss import InfoNCELoss, contrastive_backward
 from nvdata.train.model import build_model, count_parameters
@@ -264,14 +265,18 @@ def train(
     init: Path | None = None,
     device: str | None = None,
     stage: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Train ``model`` on the shards of ``data_dir`` and write the result to ``out``.
 
     ``stage`` (1 or 2) overrides ``cfg.stage``; ``init`` is a folder written by an earlier run
     (stage 2 continues from stage 1). If ``out`` holds a checkpoint of the same config the run
     resumes from it (model, optimizer, scheduler, RNG, data position). Returns the summary that
-    is also written to ``out/train_summary.json``.
+    is also written to ``out/train_summary.json``. ``out`` must be new, empty or an earlier run
+    (``overwrite``: any folder but the data), checked with the device before any work.
     """
+    # before any work: --out new/empty/an earlier run (or overwrite), never the data; the device
+    preflight(out, "train", overwrite=overwrite, inputs=(data_dir, init), device=device)
     cfg = cfg.resolved(stage)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
