@@ -51,7 +51,7 @@ from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
-from nvdata.stages.io import BATCH_ROWS, exact_batches, iter_batches, num_rows
+from nvdata.stages.io import BATCH_ROWS, RELEASE_EVERY, exact_batches, iter_batches, num_rows, release_memory
 from nvdata.text import text_hash
 
 SAMPLING = ("top", "random")
@@ -390,6 +390,7 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
         qs, texts = pending[prompt]
         q_emb[qs[:upto]] = cache.embed(texts[:upto], prompt=prompt)
         del qs[:upto], texts[:upto]
+        release_memory()
 
     r, q = 0, 0
     firsts = queries.firsts
@@ -556,10 +557,12 @@ def _output_schema(in_schema: pa.Schema) -> pa.Schema:
 def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConfig, enc: Encoder,
           cache: EmbeddingCache, seed: int, scratch: _Scratch, batch_rows: int) -> dict:
     queries, source = _group_rows(rows_files, n_rows, scratch, batch_rows)
+    release_memory()
     n_q = queries.n_q
     n_corpus = num_rows(corpus_files)
     report = _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q)
     q_emb = _embed_queries(rows_files, queries, cache, enc, cfg, seed, scratch, batch_rows)
+    release_memory()
 
     # One pass over the corpus: encode (or load) a chunk into the cache, and note where the
     # positives and the queries' own documents sit so their scores and ids come for free.
@@ -588,6 +591,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             if hq.size:
                 query_at[hq] = start + hj
             start += chunk.num_rows
+            del texts, c_emb, chunk
+            release_memory()
     del pid_order, pid_sorted, qk_order, qk_sorted
     # Positives the corpus does not hold (it should, but a source may be incomplete).
     missing = _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache,
@@ -625,6 +630,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
         idx, sc, block_removed, block_considered = _filter_and_select(
             cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
         chosen_idx[s:e], chosen_scores[s:e] = idx, sc
+        release_memory()
         for k, v in block_removed.items():
             removed[k] += v
         considered += block_considered
@@ -815,7 +821,7 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
     neg_vals = scratch.array("summary_neg", n_rows * num, np.float64)
     margin_vals = scratch.array("summary_margin", n_rows * num, np.float64)
     n_pos = n_neg = 0
-    r = 0
+    r = batches_done = 0
     with pq.ParquetWriter(out_file, out_schema, compression="zstd") as writer:
         for b in iter_batches(rows_files, batch_rows=batch_rows):
             n = b.num_rows
@@ -856,6 +862,9 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
             n_pos += len(kp)
             n_neg += len(kn)
             r += n
+            batches_done += 1
+            if batches_done % RELEASE_EVERY == 0:
+                release_memory()
     # One schema with the BM25 miner (mine.stats): quantiles, and histograms on fixed cosine bins;
     # computed from the scratch files a chunk at a time (never a whole copy in memory).
     histograms = {"low": float(score_stats.COSINE_RANGE[0]), "high": float(score_stats.COSINE_RANGE[1]),
