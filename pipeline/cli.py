@@ -84,8 +84,8 @@ def _train_interrupted(out: Path) -> str:
     ckpt = latest_checkpoint(out) if out.is_dir() else None
     if ckpt is None:
         return "interrupted before the first checkpoint: the steps run so far are lost; re-run to start again"
-    return (f"interrupted; steps after the last checkpoint ({ckpt}) are lost; "
-            "re-run the same command to resume from it")
+    # train() checkpoints the last finished step on Ctrl-C: only the unfinished step is redone
+    return f"re-run the same command to resume from {ckpt}"
 
 
 class ListFormat(str, Enum):
@@ -364,15 +364,19 @@ def export_cmd(
 def train_cmd(
     recipe: Annotated[str, typer.Option("--recipe", help="stage1 | stage2 | path: its `train:` section")],
     data: Annotated[Path, typer.Option("--data", help="A build folder (shards/).")],
-    model: Annotated[str, typer.Option("--model", help="Model path or Hub id.")],
     out: Annotated[Path, typer.Option("--out", help="Checkpoint + metrics folder.")],
-    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1).")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Model path, Hub id, or 'minilm' (the bundled all-MiniLM-L6-v2). Not needed with --init.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Continue from this checkpoint (stage 2 from stage 1); it knows its base model.")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    token_budget: Annotated[Optional[int], typer.Option("--token-budget", help="Most padded tokens per forward pass (bounds memory; default 4096, raise it on a GPU).")] = None,
     device: DeviceOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into --out even if it is a non-empty folder that is not an earlier training run.")] = False,
 ):
-    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA)."""
+    """Train an embedding model on the shards (encoder, or decoder + latent attention + LoRA).
+
+    Ctrl-C saves a checkpoint; the same command again resumes from it.
+    """
     from nvdata.recipe import load_recipe
     from nvdata.train import TrainConfig, train
 
@@ -382,6 +386,8 @@ def train_cmd(
         overrides["max_steps"] = max_steps
     if batch_size is not None:
         overrides["batch_size"] = batch_size
+    if token_budget is not None:
+        overrides["token_budget"] = token_budget
     cfg = _run(TrainConfig.from_dict, overrides, "train")
     from nvdata.fsutil import removed_on_failure
 
