@@ -31,6 +31,7 @@ from nvdata.similarity_filter import mine_sts_dense, similarity_filter
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
+from nvdata.stages.io import release_memory
 from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
 
@@ -69,6 +70,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                 continue
             raw = download_source(entry, cache=cache, mirror=ctx.mirror, limit=min_limit(ctx.limit, spec.limit))
             raws[entry.name] = raw
+            release_memory()
             results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
                                                details={"download_cached": raw.cached})
             say("download", done, len(recipe.sources),
@@ -85,6 +87,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
         for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = decontaminate(raw, recipe, index, cache, ctx.batch_rows)
             d, dkey = shared_corpus_stage(registry[name], d, dkey, recipe, cache, ctx.mirror)  # test ids
+            release_memory()
             decontam_dirs[name] = (d, dkey)
             all_hits.extend(json.loads((d / "hits.json").read_text()))
             counts = json.loads((d / "counts.json").read_text())
@@ -112,6 +115,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                     fstage.format_rows(registry[name], d / raws[name].data_file.name, cfg=recipe.format,
                                        seed=recipe.seed, max_rows=specs[name].max_rows, out=tmp,
                                        batch_rows=ctx.batch_rows)
+            release_memory()
             fmt[name] = (fdir, key)
             results[name].details["format_report"] = json.loads((fdir / "report.json").read_text())
             say("format", done, len(raws), f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
@@ -151,6 +155,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                 with stage_folder(cache, "mine", name, fkey) as (mdir, tmp):
                     if tmp is not None:
                         mstage.no_mining(rows_file, out=tmp)
+            release_memory()
             mine_reports[name] = json.loads((mdir / "report.json").read_text())
             r = results[name]
             r.rows_file = mdir / "rows.parquet"

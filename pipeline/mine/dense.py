@@ -52,7 +52,7 @@ from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
-from nvdata.stages.io import BATCH_ROWS, exact_batches, iter_batches, num_rows
+from nvdata.stages.io import BATCH_ROWS, RELEASE_EVERY, exact_batches, iter_batches, num_rows, release_memory
 from nvdata.text import text_hash
 
 SAMPLING = ("top", "random")
@@ -330,9 +330,13 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
     of_row = scratch.array("of_row", n_rows, np.int64)
     of_row[order] = q_of_group[group_of_sorted]
     del order, group_of_sorted, starts, q_of_group
-    firsts = np.sort(first_of_group)
+    firsts = scratch.array("firsts", n_q, np.int64)
+    firsts[:] = np.sort(first_of_group)
+    del first_of_group
     counts = np.bincount(of_row, minlength=n_q)
-    q_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    q_off = scratch.array("q_off", n_q + 1, np.int64)
+    q_off[0] = 0
+    np.cumsum(counts, out=q_off[1:])
     row_by_q = scratch.array("row_by_q", n_rows, np.int64)
     row_by_q[:] = np.argsort(of_row, kind="stable")
     # Distinct positive text codes per query, sorted (CSR).
@@ -344,7 +348,9 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
     keep[1:] = (vals[1:] != vals[:-1]) | (q_sorted[1:] != q_sorted[:-1])
     ph_values = scratch.array("ph_values", int(keep.sum()), np.int64)
     ph_values[:] = vals[keep]
-    ph_off = np.concatenate([[0], np.cumsum(np.bincount(q_sorted[keep], minlength=n_q))]).astype(np.int64)
+    ph_off = scratch.array("ph_off", n_q + 1, np.int64)
+    ph_off[0] = 0
+    np.cumsum(np.bincount(q_sorted[keep], minlength=n_q), out=ph_off[1:])
     del vals, q_sorted, keep, o
     queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, int(counts.max()), firsts, pid,
                        qid_keys=qid)
@@ -390,6 +396,7 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
         qs, texts = pending[prompt]
         q_emb[qs[:upto]] = cache.embed(texts[:upto], prompt=prompt)
         del qs[:upto], texts[:upto]
+        release_memory()
 
     r, q = 0, 0
     firsts = queries.firsts
@@ -416,6 +423,16 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
         if qs:
             flush(prompt, len(qs))
     return q_emb
+
+
+def _sorted_keys(scratch: _Scratch, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` sorted (stable) and where each sorted key came from, as scratch files."""
+    order = scratch.array(f"{name}_order", len(keys), np.int64)
+    order[:] = np.argsort(keys, kind="stable")
+    ordered = scratch.array(f"{name}_sorted", len(keys), keys.dtype)
+    for i in range(0, len(keys), 1 << 20):
+        ordered[i : i + (1 << 20)] = keys[order[i : i + (1 << 20)]]
+    return order, ordered
 
 
 def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -545,18 +562,18 @@ def _output_schema(in_schema: pa.Schema) -> pa.Schema:
 def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConfig, enc: Encoder,
           cache: EmbeddingCache, seed: int, scratch: _Scratch, batch_rows: int) -> dict:
     queries, source = _group_rows(rows_files, n_rows, scratch, batch_rows)
+    release_memory()
     n_q = queries.n_q
     n_corpus = num_rows(corpus_files)
     report = _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q)
     q_emb = _embed_queries(rows_files, queries, cache, enc, cfg, seed, scratch, batch_rows)
+    release_memory()
 
     # One pass over the corpus: encode (or load) a chunk into the cache, and note where the
     # positives and the queries' own documents sit so their scores and ids come for free.
     doc_prompt = enc.prompt("document") if cfg.document_prompt == "model" else None
-    pid_order = np.argsort(queries.pid_keys, kind="stable")
-    pid_sorted = np.asarray(queries.pid_keys)[pid_order]
-    qk_order = np.argsort(queries.qid_keys, kind="stable")
-    qk_sorted = np.asarray(queries.qid_keys)[qk_order]
+    pid_order, pid_sorted = _sorted_keys(scratch, "pid", queries.pid_keys)
+    qk_order, qk_sorted = _sorted_keys(scratch, "qk", queries.qid_keys)
     positive_at = scratch.array("positive_at", n_rows, np.int64, fill=-1)
     positive_score = scratch.array("positive_score", n_rows, np.float32, fill=np.nan)
     own_at = scratch.array("own_at", n_rows, np.int64, fill=-1)  # per row: its query_id's document
@@ -579,6 +596,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             if hq.size:
                 own_at[hq] = start + hj
             start += chunk.num_rows
+            del texts, c_emb, chunk
+            release_memory()
     del pid_order, pid_sorted, qk_order, qk_sorted
     # Positives the corpus does not hold (it should, but a source may be incomplete).
     missing = _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache,
@@ -616,6 +635,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
         idx, sc, block_removed, block_considered = _filter_and_select(
             cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
         chosen_idx[s:e], chosen_scores[s:e] = idx, sc
+        release_memory()
         for k, v in block_removed.items():
             removed[k] += v
         considered += block_considered
@@ -807,7 +827,7 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
     neg_vals = scratch.array("summary_neg", n_rows * num, np.float64)
     margin_vals = scratch.array("summary_margin", n_rows * num, np.float64)
     n_pos = n_neg = 0
-    r = 0
+    r = batches_done = 0
     with pq.ParquetWriter(out_file, out_schema, compression="zstd") as writer:
         for b in iter_batches(rows_files, batch_rows=batch_rows):
             n = b.num_rows
@@ -848,14 +868,42 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
             n_pos += len(kp)
             n_neg += len(kn)
             r += n
-    # One schema with the BM25 miner (mine.stats): quantiles, and histograms on fixed cosine bins.
-    scores = {"positive": score_stats.score_quantiles(pos_vals[:n_pos]),
-              "negative": score_stats.score_quantiles(neg_vals[:n_neg]),
-              "margin": score_stats.score_quantiles(margin_vals[:n_neg])}
-    histograms = score_stats.score_histograms(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS,
-                                              positive=pos_vals[:n_pos], negative=neg_vals[:n_neg])
+            batches_done += 1
+            if batches_done % RELEASE_EVERY == 0:
+                release_memory()
+    # One schema with the BM25 miner (mine.stats): quantiles, and histograms on fixed cosine bins;
+    # computed from the scratch files a chunk at a time (never a whole copy in memory).
+    histograms = {"low": float(score_stats.COSINE_RANGE[0]), "high": float(score_stats.COSINE_RANGE[1]),
+                  "bins": int(score_stats.COSINE_BINS)}
+    for name, values in (("positive", pos_vals[:n_pos]), ("negative", neg_vals[:n_neg])):
+        h = score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS)
+        for i in range(0, len(values), 1 << 20):
+            h.add(values[i : i + (1 << 20)])
+        histograms[name] = h.counts.tolist()
+    scores = {"positive": _quantiles(pos_vals[:n_pos]), "negative": _quantiles(neg_vals[:n_neg]),
+              "margin": _quantiles(margin_vals[:n_neg])}
     return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores,
             "score_histograms": histograms}
+
+
+def _quantiles(values: np.ndarray) -> dict:
+    """:func:`nvdata.mine.stats.score_quantiles` of float64 ``values`` (a scratch array, sorted
+    in place): each quantile is numpy's own interpolation between the two order statistics it
+    falls between, so the result is the same and a memory-mapped array is never copied whole.
+    """
+    if not all(np.isfinite(values[i : i + (1 << 20)]).all() for i in range(0, len(values), 1 << 20)):
+        values = values[np.isfinite(values)]  # rare (a NaN score): a copy of the finite ones
+    if values.size == 0:
+        return {"count": 0}
+    out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
+    values.sort()
+    n = values.size
+    for name, q in score_stats.QUANTILES.items():
+        at = q * (n - 1)
+        lo = int(np.floor(at))
+        pair = np.array([values[lo], values[min(lo + 1, n - 1)]], dtype=np.float64)
+        out[name] = round(float(np.quantile(pair, at - lo)), 6)
+    return out
 
 
 def _report_skeleton(source: str, cfg: DenseConfig, enc: Encoder | None, n_rows: int, n_corpus: int, n_q: int) -> dict:
