@@ -35,7 +35,9 @@ def _run(fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NvdataError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}")  # a message's [brackets] are text, not markup
         raise typer.Exit(2)
 
 
@@ -203,6 +205,8 @@ def build_cmd(
     limit: LimitOpt = None,
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Ignore every cached stage.")] = False,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) | ray (a Ray cluster; needs nvdata[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: the cluster to join ('auto': the one `ray start` runs on this node); default: start a local Ray.")] = None,
 ):
     """Run a recipe end to end: download -> decontaminate -> format -> mine -> write."""
     from nvdata.build import run_build
@@ -223,7 +227,8 @@ def build_cmd(
             bar.console.print(f"[dim]{stage:>13}[/] {msg}")
 
         res = _run(run_build, rec, out=out, mirror=mirror, sample=sample, encoder=encoder, device=device,
-                   limit=limit, force=force, cache=cache, progress=on_progress)
+                   limit=limit, force=force, cache=cache, progress=on_progress, engine=engine,
+                   ray_address=ray_address)
     t = Table(title=f"nvdata build: {rec.name}")
     for col in ("source", "task type", "raw rows", "dropped (decontam)", "rows out", "negatives/row"):
         t.add_column(col, justify="right" if col not in ("source", "task type") else "left")

@@ -649,12 +649,15 @@ class _Run:
         try:
             actor_pool = ActorPool(actors)
             texts = encoded = 0
+            visible: set[int] = set()
             try:
                 for got in actor_pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
                     texts += got["texts"]
                     encoded += 0 if got["cached"] else got["texts"]
+                    visible.add(got["gpus"])
+                gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
                 self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
-                             f"({texts - encoded} cached) on {pool.describe()}")
+                             f"({texts - encoded} cached) on {pool.describe()}{gpus}")
                 seed, batch_rows = self.ctx.recipe.seed, self.ctx.batch_rows
                 jobs = [(name, rows, corpus, tmp) for name, (rows, corpus, tmp) in dense.items()]
                 for name, report in actor_pool.map_unordered(
