@@ -68,25 +68,25 @@ class _WorkerKiller(threading.Thread):
             time.sleep(0.05)
 
 
-def test_ray_build_equals_local_resumes_after_a_driver_crash_and_survives_a_killed_worker(
-        ray_cluster, local_build, tmp_path, monkeypatch):
-    recipe, out, cache = load_recipe("stage2"), tmp_path / "out", tmp_path / "cache"
+@pytest.fixture(scope="module")
+def ray_build(ray_cluster, tmp_path_factory):
+    """A Ray build whose driver first dies in the mine stage, then resumes; during the resumed
+    run one encoder actor is SIGKILLed mid-work."""
+    root = tmp_path_factory.mktemp("ray")
+    recipe, out, cache = load_recipe("stage2"), root / "out", root / "cache"
 
-    # The driver dies in the mine stage: nothing is published, finished stages stay cached.
     def crash(*a, **k):
         raise RuntimeError("simulated driver crash in the mine stage")
 
-    monkeypatch.setattr(ray_engine._Run, "_mine_dense", crash)
-    with pytest.raises(RuntimeError, match="simulated"):
-        run_build(recipe, out=out, sample=True, cache=cache, engine="ray")
-    assert not out.exists()
-    assert not [p for p in (cache / "mine").iterdir() if p.name.startswith(".tmp")]
-    formatted = {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()}
-    assert len(formatted) == len(local_build.sources)
-    monkeypatch.undo()
-
-    # The re-run resumes at the mine stage; one encoder actor is killed mid-work and Ray
-    # restarts it and re-sends its call.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_engine._Run, "_mine_dense", crash)
+        with pytest.raises(RuntimeError, match="simulated"):
+            run_build(recipe, out=out, sample=True, cache=cache, engine="ray")
+    crashed = {
+        "published": out.exists(),
+        "unfinished": [p.name for p in (cache / "mine").iterdir() if not (p / "done.json").is_file()],
+        "formatted": {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()},
+    }
     messages: list[tuple] = []
     killer = _WorkerKiller()
     killer.start()
@@ -95,36 +95,55 @@ def test_ray_build_equals_local_resumes_after_a_driver_crash_and_survives_a_kill
                         progress=lambda *m: messages.append(m))
     finally:
         killer.stop.set()
-    assert killer.killed, "no dense worker was seen at work"
-    assert {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()} == formatted
+    formatted = {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()}
+    return res, cache, crashed, formatted, messages, killer.killed
 
+
+def test_ray_shards_are_byte_identical_to_the_local_engines(ray_build, local_build):
+    res = ray_build[0]
     assert _shard_bytes(res) == _shard_bytes(local_build)
-    assert res.manifest["shards"] == local_build.manifest["shards"]
-    assert res.manifest["sources"] == local_build.manifest["sources"]
-    assert res.manifest["decontamination"] == local_build.manifest["decontamination"]
-    # Progress works as on the local engine: every source reported by every stage.
-    for stage in ("download", "decontaminate", "format"):
-        assert len([m for m in messages if m[0] == stage]) == len(res.sources)
+    for key in ("shards", "sources", "decontamination", "total_rows"):
+        assert res.manifest[key] == local_build.manifest[key]
+
+
+def test_a_crashed_driver_resumes_from_the_stage_cache(ray_build, local_build):
+    res, cache, crashed, formatted, _, _ = ray_build
+    assert not crashed["published"] and crashed["unfinished"] == []
+    assert len(crashed["formatted"]) == len(local_build.sources)
+    assert formatted == crashed["formatted"]  # the resumed run did not redo formatting
+
+
+def test_a_killed_worker_is_restarted_by_ray(ray_build, local_build):
+    res, *_, killed = ray_build
+    assert killed, "no dense worker was seen at work"
+    assert _shard_bytes(res) == _shard_bytes(local_build)
+
+
+def test_progress_and_gpu_placement(ray_build):
+    res, *_, messages, _ = ray_build
+    recipe = load_recipe("stage2")
+    assert len([m for m in messages if m[0] == "download"]) == len(recipe.sources)  # skipped ones too
+    for stage in ("decontaminate", "format", "mine"):
+        done = [m[1] for m in messages if m[0] == stage and m[1] > 0]
+        assert sorted(done) == list(range(1, len(res.sources) + 1)), stage
     # The encoders took the declared GPU: one actor of 1 GPU (+ the one CPU left over).
     pool_line = next(m[3] for m in messages if m[0] == "mine" and "corpus embeddings" in m[3])
     assert "1 actor(s) of 1 CPU + 1 GPU" in pool_line and "1 GPU visible per actor" in pool_line
 
 
-def test_the_local_engine_reads_a_cache_the_ray_engine_wrote(ray_cluster, local_build, tmp_path, monkeypatch):
+def test_the_local_engine_reads_a_cache_the_ray_engine_wrote(ray_build, local_build, tmp_path, monkeypatch):
     """Same stage folders under the same keys: switching engines resumes instead of redoing."""
-    recipe, cache = load_recipe("stage2"), tmp_path / "cache"
-    run_build(recipe, out=tmp_path / "ray-out", sample=True, cache=cache, engine="ray")
+    cache = ray_build[1]
 
     def redone(*a, **k):
         raise AssertionError("the local engine redid a stage the Ray engine had finished")
 
     from nvdata.engine import local
-    for name in ("decontaminate_source",):
-        monkeypatch.setattr(local.dstage, name, redone)
+    monkeypatch.setattr(local.dstage, "decontaminate_source", redone)
     monkeypatch.setattr(local.fstage, "format_rows", redone)
     for name in ("mine_dense", "mine_bm25", "no_mining"):
         monkeypatch.setattr(local.mstage, name, redone)
-    res = run_build(recipe, out=tmp_path / "local-out", sample=True, cache=cache)
+    res = run_build(load_recipe("stage2"), out=tmp_path / "local-out", sample=True, cache=cache)
     assert _shard_bytes(res) == _shard_bytes(local_build)
 
 
