@@ -34,14 +34,26 @@ SHARD_PATTERN = "part-{:05d}.parquet"
 
 
 def _row_tables(files: Iterable[Path], in_batch_negatives: bool, batch_rows: int = 10_000):
-    """Stream every row file as ROW-schema tables, stamping the recipe's in-batch flag."""
+    """Stream every row file as ROW-schema tables of exactly ``batch_rows`` rows per file (the
+    last of each file shorter), stamping the recipe's in-batch flag. The cut depends only on
+    the rows, never on the files' row groups, so the seeded scatter below does not either."""
+    from nvdata.stages.io import exact_batches
+
     for f in files:
         pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=ROW.names):
-            t = pa.Table.from_batches([batch]).select(ROW.names)
+        for t in exact_batches(pf.iter_batches(batch_size=batch_rows, columns=ROW.names), batch_rows):
+            t = t.select(ROW.names)
             t = t.set_column(t.schema.get_field_index("in_batch_negatives"), "in_batch_negatives",
                              pa.array(np.full(t.num_rows, in_batch_negatives), pa.bool_()))
             yield t.cast(ROW)
+
+
+def _as_read_back(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as Parquet gives it back (list children named ``element``): the shards
+    record this form, as they always have."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    return pq.read_schema(pa.BufferReader(sink.getvalue()))
 
 
 def write_shards(
@@ -53,7 +65,13 @@ def write_shards(
     row_group_rows: int,
     in_batch_negatives: bool,
 ) -> list[dict]:
-    """Shuffle rows across sources (seeded) into shards; return [{file, rows, sha256}]."""
+    """Shuffle rows across sources (seeded) into shards; return [{file, rows, sha256}].
+
+    Pass 1 scatters rows to one bucket per shard (seeded draws per 10,000-row batch); pass 2
+    permutes each bucket (seeded) and writes it one row group at a time. Buckets are
+    uncompressed Arrow IPC files read back memory-mapped, so memory holds a batch or a row
+    group, not a shard.
+    """
     total = sum(pq.ParquetFile(f).metadata.num_rows for f in row_files)
     if total == 0:
         raise NvdataError("nothing to write: every source ended with zero rows")
@@ -62,24 +80,31 @@ def write_shards(
     shard_dir.mkdir(parents=True, exist_ok=True)
     bucket_dir = Path(tempfile.mkdtemp(prefix=".buckets-", dir=shard_dir.parent))
     try:
-        writers = [pq.ParquetWriter(bucket_dir / f"b{i}.parquet", ROW) for i in range(n_shards)]
+        sinks = [pa.OSFile(str(bucket_dir / f"b{i}.arrow"), "wb") for i in range(n_shards)]
+        writers = [pa.ipc.new_file(s, ROW) for s in sinks]
         try:
             for t in _row_tables(row_files, in_batch_negatives):
                 buckets = rng.integers(0, n_shards, size=t.num_rows)
                 for i in np.unique(buckets):
                     writers[i].write_table(t.filter(pa.array(buckets == i)))
         finally:
-            for w in writers:
+            for w, s in zip(writers, sinks):
                 w.close()
+                s.close()
+        shard_schema = _as_read_back(ROW)
         out = []
         for i in range(n_shards):
-            bucket = pq.read_table(bucket_dir / f"b{i}.parquet")
-            bucket = bucket.take(pa.array(rng.permutation(bucket.num_rows)))
-            name = SHARD_PATTERN.format(i)
-            path = shard_dir / name
-            pq.write_table(bucket, path, compression="zstd", row_group_size=row_group_rows,
-                           write_statistics=True)
-            out.append({"file": f"shards/{name}", "rows": bucket.num_rows, "sha256": sha256_file(path)})
+            with pa.memory_map(str(bucket_dir / f"b{i}.arrow")) as source:
+                bucket = pa.ipc.open_file(source).read_all()
+                perm = rng.permutation(bucket.num_rows)
+                name = SHARD_PATTERN.format(i)
+                path = shard_dir / name
+                with pq.ParquetWriter(path, shard_schema, compression="zstd", write_statistics=True) as w:
+                    for start in range(0, max(len(perm), 1), row_group_rows):
+                        piece = bucket.take(pa.array(perm[start : start + row_group_rows]))
+                        w.write_table(piece.combine_chunks().cast(shard_schema), row_group_size=row_group_rows)
+                del bucket
+            out.append({"file": f"shards/{name}", "rows": len(perm), "sha256": sha256_file(path)})
         return out
     finally:
         shutil.rmtree(bucket_dir, ignore_errors=True)

@@ -330,27 +330,53 @@ def _row_indices(table: pa.Table | pa.RecordBatch) -> list:
     return table.column("row_index").to_pylist()
 
 
+class _IdSet:
+    """Row ids already emitted, as sorted runs of 12-byte keys merged log-structured.
+
+    12 bytes per id and no Python object per id, so a 64M-row source's duplicate check fits
+    in memory; lookups are ``searchsorted`` per run (a handful of runs at any time).
+    """
+
+    def __init__(self):
+        self.runs: list[np.ndarray] = []
+        self.count = 0
+
+    def keep_new(self, hex_ids: list[str]) -> np.ndarray:
+        """Mask of ``hex_ids`` never seen before (nor earlier in the list); remembers them."""
+        if not hex_ids:
+            return np.zeros(0, dtype=bool)
+        keys = np.frombuffer(b"".join(bytes.fromhex(h) for h in hex_ids), dtype="S12")
+        keep = np.zeros(len(keys), dtype=bool)
+        keep[np.unique(keys, return_index=True)[1]] = True
+        for run in self.runs:
+            at = np.minimum(np.searchsorted(run, keys), len(run) - 1)
+            keep &= run[at] != keys
+        new = np.sort(keys[keep])
+        if len(new):
+            self.runs.append(new)
+            while len(self.runs) > 1 and len(self.runs[-2]) <= 2 * len(self.runs[-1]):
+                b, a = self.runs.pop(), self.runs.pop()
+                self.runs.append(np.sort(np.concatenate([a, b])))
+        self.count += len(new)
+        return keep
+
+
 @dataclass
 class _Rows:
-    """Formatted rows accumulated column-wise, each ``id`` kept once."""
+    """Formatted rows accumulated column-wise (one batch at a time), each ``id`` kept once."""
 
     source: str
     task_type: str
     ins: Instruction
     method: str
-    seen: set = field(default_factory=set)
+    seen: _IdSet = field(default_factory=_IdSet)
     cols: dict = field(default_factory=lambda: {k: [] for k in ("id", "query", "positive", "negatives",
                                                                  "query_id", "positive_id")})
     duplicates: int = 0
 
     def add(self, query: str, positive: str, query_id: str, positive_id: str, negatives=()) -> None:
-        rid = content_id(self.source, self.ins.instruction, query, positive)
-        if rid in self.seen:
-            self.duplicates += 1
-            return
-        self.seen.add(rid)
         c = self.cols
-        c["id"].append(rid)
+        c["id"].append(content_id(self.source, self.ins.instruction, query, positive))
         c["query"].append(query)
         c["positive"].append(positive)
         c["negatives"].append(list(negatives))
@@ -358,8 +384,13 @@ class _Rows:
         c["positive_id"].append(positive_id)
 
     def take(self) -> pa.Table:
-        """The rows added since the last take, as a FORMATTED table."""
-        c, n = self.cols, len(self.cols["id"])
+        """The rows added since the last take whose id was not emitted before, as a FORMATTED table."""
+        c = self.cols
+        keep = self.seen.keep_new(c["id"])
+        self.duplicates += int((~keep).sum())
+        if not keep.all():
+            c = {k: [v for v, kk in zip(col, keep) if kk] for k, col in c.items()}
+        n = len(c["id"])
         table = pa.table(
             {
                 "id": c["id"],
@@ -381,8 +412,7 @@ class _Rows:
             },
             schema=FORMATTED,
         )
-        for k in c:
-            c[k] = []
+        self.cols = {k: [] for k in self.cols}
         return table
 
 
@@ -448,7 +478,7 @@ class StreamingFormatter:
     @property
     def report(self) -> dict:
         return _report(self.entry, self._rows, self.rows_in, self.dropped, self._rows.method, self.cfg,
-                       rows_out=len(self._rows.seen))
+                       rows_out=self._rows.seen.count)
 
 
 def _sts_scores(source: str, batch) -> np.ndarray:

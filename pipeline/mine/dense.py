@@ -32,6 +32,9 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
@@ -46,6 +50,7 @@ from nvdata.mine import filters
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
+from nvdata.stages.io import BATCH_ROWS, exact_batches, iter_batches, num_rows
 from nvdata.text import text_hash
 
 SAMPLING = ("top", "random")
@@ -56,8 +61,7 @@ DOCUMENT_PROMPTS = ("model", "none")
 # leaves top_k candidates; capped so one query with hundreds of positives does not widen the
 # search for all of them.
 _MAX_POSITIVE_SLACK = 64
-_QUERY_BLOCK = 16384  # queries filtered at a time (bounds the candidate-text working set)
-_OUTPUT_BLOCK = 50_000  # rows per output chunk (keeps string arrays far below 2 GiB)
+_QUERY_BLOCK = 16384  # queries searched and filtered at a time (bounds the candidate working set)
 FILTER_ORDER = (
     "positive_id",
     "query_id",
@@ -208,43 +212,13 @@ def _check_int(key: str, value: Any, low: int) -> None:
 # -- the query side -----------------------------------------------------------------------
 
 
-@dataclass
-class _Queries:
-    """The distinct queries of a source and what each must not get back."""
+def query_group_key(batch: pa.RecordBatch | pa.Table) -> pa.Array | pa.ChunkedArray:
+    """The column that makes rows one query: rows with equal keys share their positives and
+    their candidates, and none of their positives is ever a negative of any of them.
 
-    ids: list[str]  # distinct query_id, in first-seen order
-    texts: list[str]
-    instructions: list[str]
-    of_row: np.ndarray  # (n_rows,) index into ids
-    positive_hashes: np.ndarray  # (n_q, m) int64 hash codes of all positives' texts, 0-padded
-    query_hashes: np.ndarray  # (n_q, 1) hash code of the query text
-    max_positives: int
-
-    @classmethod
-    def from_rows(cls, rows: pa.Table) -> "_Queries":
-        qids = rows.column("query_id").to_pylist()
-        queries = rows.column("query").to_pylist()
-        instructions = rows.column("instruction").to_pylist()
-        positives = rows.column("positive").to_pylist()
-        index: dict[str, int] = {}
-        texts, instr, pos_hashes = [], [], []
-        of_row = np.empty(len(qids), dtype=np.int64)
-        for r, qid in enumerate(qids):
-            q = index.get(qid)
-            if q is None:
-                q = index[qid] = len(texts)
-                texts.append(queries[r])
-                instr.append(instructions[r])
-                pos_hashes.append(set())
-            of_row[r] = q
-            pos_hashes[q].add(hash_code(positives[r]))
-        width = max(len(h) for h in pos_hashes)
-        pos_matrix = np.zeros((len(texts), width), dtype=np.int64)
-        for q, hashes in enumerate(pos_hashes):
-            pos_matrix[q, : len(hashes)] = sorted(hashes)
-        query_hashes = np.array([[hash_code(t)] for t in texts], dtype=np.int64)
-        max_pos = int(np.bincount(of_row).max())
-        return cls(list(index), texts, instr, of_row, pos_matrix, query_hashes, max_pos)
+    This is the one place that says what "the same query" is (today: equal ``query_id``).
+    """
+    return batch.column("query_id")
 
 
 def hash_code(text: str) -> int:
@@ -252,6 +226,14 @@ def hash_code(text: str) -> int:
     code = int(text_hash(text)[:16], 16)
     code = code - (1 << 64) if code >= (1 << 63) else code
     return code or 1
+
+
+def _digests(values) -> np.ndarray:
+    """A 16-byte blake2b digest per string, as a sortable ``S16`` array (the on-disk keys)."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = values.cast(pa.string()).to_pylist()
+    blob = b"".join(hashlib.blake2b(v.encode("utf-8"), digest_size=16).digest() for v in values)
+    return np.frombuffer(blob, dtype="S16").copy() if values else np.empty(0, dtype="S16")
 
 
 def _query_prompt(enc: Encoder, mode: str, instruction: str) -> str | None:
@@ -265,18 +247,190 @@ def _query_prompt(enc: Encoder, mode: str, instruction: str) -> str | None:
     return prefix
 
 
-def _embed_queries(cache: EmbeddingCache, enc: Encoder, queries: _Queries, cfg: DenseConfig) -> np.ndarray:
-    """Query embeddings, grouped by prompt (one per distinct instruction) and cached in chunks."""
-    prompts = [_query_prompt(enc, cfg.query_prompt, ins) for ins in queries.instructions]
-    out = np.empty((len(queries.texts), enc.dim), dtype=np.float32)
-    groups: dict[str | None, list[int]] = {}
-    for q, p in enumerate(prompts):
-        groups.setdefault(p, []).append(q)
-    for prompt, members in groups.items():
-        for start in range(0, len(members), cfg.chunk_size):
-            block = members[start : start + cfg.chunk_size]
-            out[block] = cache.embed([queries.texts[q] for q in block], prompt=prompt)
-    return out
+class _Scratch:
+    """The miner's side tables (per row, per query, per corpus document) as ``.npy`` files
+    memory-mapped from a temporary folder, so they live in the page cache, not in the heap."""
+
+    def __init__(self, parent: Path | None):
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=".dense-", dir=parent))
+
+    def array(self, name: str, shape, dtype, fill=None) -> np.ndarray:
+        shape = tuple(np.atleast_1d(shape).tolist())
+        if int(np.prod(shape)) == 0:
+            return np.zeros(shape, dtype=dtype)
+        a = np.lib.format.open_memmap(self.root / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        if fill is not None:
+            a[...] = fill
+        return a
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class _Queries:
+    """The distinct queries of a source and what each must not get back, as side tables.
+
+    Queries are numbered in first-seen order. Per row: ``of_row`` (its query),
+    ``positive_at`` / ``positive_score`` (its positive's corpus index and score). Per query
+    (CSR over rows): ``row_by_q[q_off[q]:q_off[q+1]]`` its rows in order; over positives'
+    normalized-text codes: ``ph_values[ph_off[q]:ph_off[q+1]]``, sorted and distinct. Plus
+    ``query_hashes``, ``query_at`` (the query's own document, -1 if none) and ``seeds``.
+    """
+
+    n_rows: int
+    n_q: int
+    of_row: np.ndarray
+    row_by_q: np.ndarray
+    q_off: np.ndarray
+    ph_values: np.ndarray
+    ph_off: np.ndarray
+    max_positives: int
+    firsts: np.ndarray  # first row of each query (ascending)
+    pid_keys: np.ndarray  # digest of each row's positive_id
+    query_hashes: np.ndarray | None = None
+    query_keys: np.ndarray | None = None  # digest of each query's query_id
+    seeds: np.ndarray | None = None
+
+
+def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> tuple[_Queries, str]:
+    """First pass over the rows: validate, number the queries, index positives per query."""
+    gkey = scratch.array("gkey", n_rows, "S16")
+    pid = scratch.array("pid", n_rows, "S16")
+    pos_hash = scratch.array("pos_hash", n_rows, np.int64)
+    sources: set[str] = set()
+    r = 0
+    for b in iter_batches(rows_files, batch_rows=batch_rows):
+        source = _check_rows(b, sources)
+        n = b.num_rows
+        gkey[r : r + n] = _digests(query_group_key(b))
+        pid[r : r + n] = _digests(b.column("positive_id"))
+        pos_hash[r : r + n] = [hash_code(p) for p in b.column("positive").to_pylist()]
+        r += n
+    # Number the groups by their first row: a stable sort puts each group's first row first.
+    order = np.argsort(gkey, kind="stable")
+    sorted_keys = gkey[order]
+    starts = np.ones(n_rows, dtype=bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    del sorted_keys
+    group_of_sorted = np.cumsum(starts) - 1
+    first_of_group = order[starts]
+    n_q = len(first_of_group)
+    q_of_group = np.empty(n_q, dtype=np.int64)
+    q_of_group[np.argsort(first_of_group, kind="stable")] = np.arange(n_q)
+    of_row = scratch.array("of_row", n_rows, np.int64)
+    of_row[order] = q_of_group[group_of_sorted]
+    del order, group_of_sorted, starts, q_of_group
+    firsts = np.sort(first_of_group)
+    counts = np.bincount(of_row, minlength=n_q)
+    q_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    row_by_q = scratch.array("row_by_q", n_rows, np.int64)
+    row_by_q[:] = np.argsort(of_row, kind="stable")
+    # Distinct positive text codes per query, sorted (CSR).
+    q_sorted = np.repeat(np.arange(n_q, dtype=np.int64), counts)
+    vals = np.asarray(pos_hash[row_by_q])
+    o = np.lexsort((vals, q_sorted))
+    vals, q_sorted = vals[o], q_sorted[o]
+    keep = np.ones(len(vals), dtype=bool)
+    keep[1:] = (vals[1:] != vals[:-1]) | (q_sorted[1:] != q_sorted[:-1])
+    ph_values = scratch.array("ph_values", int(keep.sum()), np.int64)
+    ph_values[:] = vals[keep]
+    ph_off = np.concatenate([[0], np.cumsum(np.bincount(q_sorted[keep], minlength=n_q))]).astype(np.int64)
+    del vals, q_sorted, keep, o
+    queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, int(counts.max()), firsts, pid)
+    return queries, (next(iter(sources)) if sources else "?")
+
+
+def _check_rows(b, sources: set) -> str:
+    need = ("query_id", "positive_id", "query", "positive", "instruction")
+    if "source" in b.schema.names and b.num_rows:
+        sources.update(b.column("source").unique().to_pylist())
+        if len(sources) > 1:
+            raise NvdataError(f"dense mining: rows come from several sources {sorted(sources)}; mine one source at a time")
+    source = next(iter(sources)) if sources else "?"
+    for col in need:
+        if col not in b.schema.names:
+            raise NvdataError(f"dense mining [{source}]: rows lack column {col!r}")
+    for col in need:
+        if b.column(col).null_count:
+            raise NvdataError(f"dense mining [{source}]: rows have null {col!r}")
+    return source
+
+
+def _check_corpus(chunk, source: str) -> None:
+    for col in ("doc_id", "text"):
+        if col not in chunk.schema.names:
+            raise NvdataError(f"dense mining [{source}]: corpus lacks column {col!r}")
+    for col in ("doc_id", "text"):
+        if chunk.column(col).null_count:
+            raise NvdataError(f"dense mining [{source}]: corpus has null {col!r}")
+
+
+def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: Encoder, cfg: DenseConfig,
+                   seed: int, scratch: _Scratch, batch_rows: int) -> np.ndarray:
+    """Second pass: each query's text (its first row's), embedded in chunks of ``chunk_size``
+    queries per prompt (one prompt per distinct instruction), into a memory-mapped array."""
+    n_q = queries.n_q
+    q_emb = scratch.array("q_emb", (n_q, enc.dim), np.float32)
+    queries.query_hashes = scratch.array("query_hashes", n_q, np.int64)
+    queries.query_keys = scratch.array("query_keys", n_q, "S16")
+    queries.seeds = scratch.array("seeds", n_q, np.uint64) if cfg.sampling == "random" else None
+    pending: dict[str | None, tuple[list[int], list[str]]] = {}
+
+    def flush(prompt, upto: int) -> None:
+        qs, texts = pending[prompt]
+        q_emb[qs[:upto]] = cache.embed(texts[:upto], prompt=prompt)
+        del qs[:upto], texts[:upto]
+
+    r, q = 0, 0
+    firsts = queries.firsts
+    for b in iter_batches(rows_files, batch_rows=batch_rows, columns=["query_id", "query", "instruction"]):
+        lo, hi = np.searchsorted(firsts, [r, r + b.num_rows])
+        if hi > lo:
+            take = pa.array(firsts[lo:hi] - r)
+            texts = b.column("query").take(take).to_pylist()
+            instructions = b.column("instruction").take(take).to_pylist()
+            qids = b.column("query_id").take(take).cast(pa.string()).to_pylist()
+            queries.query_hashes[q : q + len(texts)] = [hash_code(t) for t in texts]
+            queries.query_keys[q : q + len(texts)] = _digests(qids)
+            if queries.seeds is not None:
+                queries.seeds[q : q + len(texts)] = row_seeds(seed, qids)
+            for i, (text, ins) in enumerate(zip(texts, instructions)):
+                prompt = _query_prompt(enc, cfg.query_prompt, ins)
+                qs, group = pending.setdefault(prompt, ([], []))
+                qs.append(q + i)
+                group.append(text)
+                if len(group) == cfg.chunk_size:
+                    flush(prompt, cfg.chunk_size)
+            q += len(texts)
+        r += b.num_rows
+    for prompt, (qs, _) in pending.items():
+        if qs:
+            flush(prompt, len(qs))
+    return q_emb
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``lo[i]..hi[i]-1`` of every range, concatenated, and which range each is from."""
+    lens = hi - lo
+    which = np.repeat(np.arange(len(lo)), lens)
+    pos = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(lo, lens)
+    return pos, which
+
+
+def _first_hits(doc_keys: np.ndarray, sorted_keys: np.ndarray, key_order: np.ndarray, found: np.ndarray):
+    """Entries (of a key table sorted as ``sorted_keys``, positions ``key_order``) whose key is
+    one of ``doc_keys`` and that are not ``found`` yet, each with the first document matching it."""
+    uniq, first_j = np.unique(doc_keys, return_index=True)
+    lo = np.searchsorted(sorted_keys, uniq, "left")
+    hi = np.searchsorted(sorted_keys, uniq, "right")
+    pos, which = _expand(lo, hi)
+    entries = key_order[pos]
+    js = first_j[which]
+    new = found[entries] < 0
+    return entries[new], js[new]
 
 
 # -- the miner ----------------------------------------------------------------------------
@@ -291,6 +445,7 @@ def mine_dense_negatives(
     device: str | None,
     cache_dir: Path,
     seed: int,
+    batch_rows: int = BATCH_ROWS,
 ) -> tuple[pa.Table, dict]:
     """Fill ``negatives``, ``negative_scores``, ``positive_score`` of one source's retrieval rows.
 
@@ -300,160 +455,254 @@ def mine_dense_negatives(
     None for the bundled all-MiniLM-L6-v2. Embeddings are cached under ``cache_dir``.
 
     Returns the rows in their input order (minus short rows when ``on_shortfall='drop'``) with
-    ``negative_method='dense'``, and a report dict for ``reports/mining.json``.
+    ``negative_method='dense'``, and a report dict for ``reports/mining.json``. The in-memory
+    form of :func:`mine_dense_files`, which the build uses (it streams from and to Parquet).
+    """
+    with tempfile.TemporaryDirectory(prefix="nvdata-dense-") as tmp:
+        tmp = Path(tmp)
+        pq.write_table(rows, tmp / "rows.parquet")
+        pq.write_table(corpus, tmp / "corpus.parquet")
+        report = mine_dense_files(tmp / "rows.parquet", tmp / "corpus.parquet", tmp / "mined.parquet", cfg,
+                                  encoder=encoder, device=device, cache_dir=cache_dir, seed=seed,
+                                  batch_rows=batch_rows, work_dir=tmp)
+        return pq.read_table(tmp / "mined.parquet"), report
+
+
+def mine_dense_files(
+    rows_files: Path | list[Path],
+    corpus_files: Path | list[Path],
+    out_file: Path,
+    cfg: DenseConfig,
+    *,
+    encoder: str | Encoder | None,
+    device: str | None,
+    cache_dir: Path,
+    seed: int,
+    batch_rows: int = BATCH_ROWS,
+    work_dir: Path | None = None,
+) -> dict:
+    """Dense-mine one source from Parquet to Parquet in bounded memory; returns the report.
+
+    ``rows_files`` (``schema.FORMATTED``) and ``corpus_files`` (``schema.RAW_RETRIEVAL_CORPUS``)
+    are read in record batches of ``batch_rows`` (corpus: ``chunk_size``) rows, several times:
+    (1) query numbering and the per-query positive codes, (2) query embeddings, (3) corpus
+    embeddings into the content-keyed cache, positives located by id, (4) search, filters and
+    selection one block of queries at a time against the memory-mapped corpus embeddings,
+    (5) the rows written batch by batch in input order. Side tables (per row and per query)
+    are memory-mapped ``.npy`` files under ``work_dir`` (a temporary folder, removed after).
     """
     t_start = time.perf_counter()
-    source = _check_inputs(rows, corpus)
-    if rows.num_rows == 0:
-        return rows, _report_skeleton(source, cfg, None, rows.num_rows, corpus.num_rows, 0)
+    rows_files = [rows_files] if isinstance(rows_files, (str, Path)) else list(rows_files)
+    corpus_files = [corpus_files] if isinstance(corpus_files, (str, Path)) else list(corpus_files)
+    n_rows = num_rows(rows_files)
+    in_schema = pq.read_schema(rows_files[0])
+    out_schema = _output_schema(in_schema)
+    if n_rows == 0:
+        pq.write_table(out_schema.empty_table(), out_file, compression="zstd")
+        sources: set[str] = set()
+        for b in iter_batches(rows_files, batch_rows=batch_rows):
+            _check_rows(b, sources)
+        return _report_skeleton("?", cfg, None, 0, num_rows(corpus_files), 0)
 
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(
         encoder, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length
     )
     enc_before = enc.stats.to_dict()
     workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(enc.device)
-    with EmbeddingCache(Path(cache_dir), enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
-        mined, report = _mine(rows, corpus, cfg, enc, cache, source, seed, workers, enc_before)
+    scratch = _Scratch(work_dir)
+    try:
+        with EmbeddingCache(Path(cache_dir), enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
+            report = _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg, enc, cache, seed,
+                           scratch, batch_rows)
+            enc_after = enc.stats.to_dict()
+            report["encode"] = {
+                **cache.stats.to_dict(),
+                "batches": enc_after["batches"] - enc_before["batches"],
+                "seconds": round(enc_after["seconds"] - enc_before["seconds"], 3),
+                "workers": workers,
+            }
+    finally:
+        scratch.close()
     report["timing"]["total_seconds"] = round(time.perf_counter() - t_start, 3)  # incl. cache writes
-    return mined, report
+    return report
 
 
-def _mine(
-    rows: pa.Table,
-    corpus: pa.Table,
-    cfg: DenseConfig,
-    enc: Encoder,
-    cache: EmbeddingCache,
-    source: str,
-    seed: int,
-    workers: int,
-    enc_before: dict,
-) -> tuple[pa.Table, dict]:
-    queries = _Queries.from_rows(rows)
-    n_q, n_rows = len(queries.ids), rows.num_rows
-    report = _report_skeleton(source, cfg, enc, n_rows, corpus.num_rows, n_q)
+def _output_schema(in_schema: pa.Schema) -> pa.Schema:
+    fmt = schema.FORMATTED
+    out = in_schema
+    for name in ("negatives", "negative_scores", "positive_score", "negative_method"):
+        i = out.get_field_index(name)
+        out = out.set(i, fmt.field(name)) if i >= 0 else out.append(fmt.field(name))
+    return out
 
-    q_emb = _embed_queries(cache, enc, queries, cfg)
 
-    # One pass over the corpus: encode (or load) a chunk, search it, and note where the
+def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConfig, enc: Encoder,
+          cache: EmbeddingCache, seed: int, scratch: _Scratch, batch_rows: int) -> dict:
+    queries, source = _group_rows(rows_files, n_rows, scratch, batch_rows)
+    n_q = queries.n_q
+    n_corpus = num_rows(corpus_files)
+    report = _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q)
+    q_emb = _embed_queries(rows_files, queries, cache, enc, cfg, seed, scratch, batch_rows)
+
+    # One pass over the corpus: encode (or load) a chunk into the cache, and note where the
     # positives and the queries' own documents sit so their scores and ids come for free.
-    k_search = cfg.top_k + min(queries.max_positives, _MAX_POSITIVE_SLACK) + 1
-    searcher = make_searcher(
-        cfg.backend, q_emb, k_search, device=enc.device, query_batch_size=cfg.search_batch_size
-    )
     doc_prompt = enc.prompt("document") if cfg.document_prompt == "model" else None
-    pending_positive: dict[str, list[int]] = {}
-    for r, pid in enumerate(rows.column("positive_id").to_pylist()):
-        pending_positive.setdefault(pid, []).append(r)
-    query_index = {qid: q for q, qid in enumerate(queries.ids)}
-    positive_at = np.full(n_rows, -1, dtype=np.int64)  # corpus index of each row's positive
-    query_at = np.full((n_q, 1), -1, dtype=np.int64)  # corpus index of the query's own doc
-    positive_score = np.full(n_rows, np.nan, dtype=np.float32)
-    search_seconds = 0.0
-    for start in range(0, corpus.num_rows, cfg.chunk_size):
-        chunk = corpus.slice(start, cfg.chunk_size)
-        c_emb = cache.embed(chunk.column("text").to_pylist(), prompt=doc_prompt)
-        t0 = time.perf_counter()
-        searcher.add(c_emb, offset=start)
-        search_seconds += time.perf_counter() - t0
-        hit_rows, hit_cols = [], []
-        for j, doc_id in enumerate(chunk.column("doc_id").to_pylist()):
-            found = pending_positive.pop(doc_id, None)
-            if found is not None:
-                hit_rows.extend(found)
-                hit_cols.extend([j] * len(found))
-            q = query_index.get(doc_id)
-            if q is not None and query_at[q, 0] < 0:
-                query_at[q, 0] = start + j
-        if hit_rows:
-            hr, hc = np.asarray(hit_rows), np.asarray(hit_cols)
-            positive_at[hr] = start + hc
-            positive_score[hr] = np.einsum("ij,ij->i", q_emb[queries.of_row[hr]], c_emb[hc])
+    pid_order = np.argsort(queries.pid_keys, kind="stable")
+    pid_sorted = np.asarray(queries.pid_keys)[pid_order]
+    qk_order = np.argsort(queries.query_keys, kind="stable")
+    qk_sorted = np.asarray(queries.query_keys)[qk_order]
+    positive_at = scratch.array("positive_at", n_rows, np.int64, fill=-1)
+    positive_score = scratch.array("positive_score", n_rows, np.float32, fill=np.nan)
+    query_at = scratch.array("query_at", n_q, np.int64, fill=-1)
+    chunks: list[tuple[Path, int]] = []
+    texts_path = scratch.root / "corpus_text.arrow"
+    with pa.OSFile(str(texts_path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("text", pa.string())])) as w:
+        start = 0
+        for chunk in exact_batches(iter_batches(corpus_files, batch_rows=cfg.chunk_size), cfg.chunk_size):
+            _check_corpus(chunk, source)
+            texts = chunk.column("text").to_pylist()
+            c_emb = cache.embed(texts, prompt=doc_prompt)
+            chunks.append((cache.path_for(texts, doc_prompt), start))
+            w.write_table(pa.table({"text": chunk.column("text").cast(pa.string())}))
+            doc_keys = _digests(chunk.column("doc_id"))
+            hr, hc = _first_hits(doc_keys, pid_sorted, pid_order, positive_at)
+            if hr.size:
+                positive_at[hr] = start + hc
+                positive_score[hr] = np.einsum("ij,ij->i", q_emb[queries.of_row[hr]], c_emb[hc])
+            hq, hj = _first_hits(doc_keys, qk_sorted, qk_order, query_at)
+            if hq.size:
+                query_at[hq] = start + hj
+            start += chunk.num_rows
+    del pid_order, pid_sorted, qk_order, qk_sorted
     # Positives the corpus does not hold (it should, but a source may be incomplete).
-    missing = np.flatnonzero(positive_at < 0)
-    if missing.size:
-        texts = rows.column("positive").take(pa.array(missing)).to_pylist()
-        p_emb = np.concatenate(
-            [cache.embed(texts[i : i + cfg.chunk_size], prompt=doc_prompt) for i in range(0, len(texts), cfg.chunk_size)]
-        )
-        positive_score[missing] = np.einsum("ij,ij->i", q_emb[queries.of_row[missing]], p_emb)
-    t0 = time.perf_counter()
-    cand_scores, cand_idx = searcher.result()
-    search_seconds += time.perf_counter() - t0
-    del q_emb
+    missing = _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache,
+                                       doc_prompt, cfg, batch_rows)
+    cache.flush()  # the corpus chunks are read back memory-mapped from here on
 
-    # Per query: the corpus indices that are its positives, the lowest positive score.
-    positive_idx = _ragged_by_query(queries.of_row, positive_at, n_q, pad=-1)
-    min_positive = np.full(n_q, np.inf, dtype=np.float64)
-    np.minimum.at(min_positive, queries.of_row, positive_score.astype(np.float64))
+    corpus_texts = pa.ipc.open_file(pa.memory_map(str(texts_path))).read_all().column("text")
+    k_search = cfg.top_k + min(queries.max_positives, _MAX_POSITIVE_SLACK) + 1
+    num = cfg.num_negatives
+    chosen_idx = scratch.array("chosen_idx", (n_q, num), np.int64)
+    chosen_scores = scratch.array("chosen_scores", (n_q, num), np.float32)
+    doc_hash = scratch.array("doc_hash", n_corpus, np.int64, fill=0)  # 0 = not hashed yet
+    removed = dict.fromkeys(FILTER_ORDER, 0)
+    considered = retrieved = 0
+    search_seconds = filter_seconds = 0.0
+    backend = None
+    # Query blocks are whole multiples of the search's own query batches, so every search call
+    # sees the same queries whatever the block size (results equal to one block, bit for bit).
+    block = cfg.search_batch_size * max(1, -(-_QUERY_BLOCK // cfg.search_batch_size))
+    for s in range(0, n_q, block):
+        e = min(n_q, s + block)
+        t0 = time.perf_counter()
+        searcher = make_searcher(cfg.backend, np.asarray(q_emb[s:e]), k_search, device=enc.device,
+                                 query_batch_size=cfg.search_batch_size)
+        backend = searcher.backend
+        for path, offset in chunks:
+            searcher.add(np.load(path, mmap_mode="r"), offset=offset)
+        cand_scores, cand_idx = searcher.result()
+        del searcher
+        search_seconds += time.perf_counter() - t0
+        retrieved += int((cand_idx >= 0).sum())
+        t0 = time.perf_counter()
+        block_q = _block_queries(queries, positive_at, positive_score, query_at, s, e)
+        idx, sc, block_removed, block_considered = _filter_and_select(
+            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg)
+        chosen_idx[s:e], chosen_scores[s:e] = idx, sc
+        for k, v in block_removed.items():
+            removed[k] += v
+        considered += block_considered
+        filter_seconds += time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    chosen_idx, chosen_scores, removed, considered = _filter_and_select(
-        cand_scores, cand_idx, corpus, queries, positive_idx, query_at, min_positive, cfg, seed
-    )
-    filter_seconds = time.perf_counter() - t0
-
-    mined, kept_rows, counts = _assemble(rows, corpus, queries.of_row, chosen_idx, chosen_scores, positive_score, cfg)
-
+    stats = _write_rows(rows_files, out_file, out_schema, corpus_texts, queries.of_row, chosen_idx, chosen_scores,
+                        positive_score, cfg, scratch, batch_rows)
     requested = cfg.num_negatives
-    short = counts < requested
+    counts_hist = stats["hist"]
     report.update(
         {
-            "rows_out": int(kept_rows.sum()),
-            "positives_not_in_corpus": int(missing.size),
-            "search": {"backend": searcher.backend, "k": int(k_search), "seconds": round(search_seconds, 3)},
+            "rows_out": stats["kept"],
+            "positives_not_in_corpus": int(missing),
+            "search": {"backend": backend, "k": int(k_search), "seconds": round(search_seconds, 3)},
             "candidates": {
-                "retrieved": int((cand_idx >= 0).sum()),
+                "retrieved": int(retrieved),
                 "considered": int(considered),
                 "eligible": int(considered - sum(removed[k] for k in FILTER_ORDER[5:])),
             },
             "removed": {k: int(v) for k, v in removed.items()},
             "negatives": {
                 "requested_per_row": requested,
-                "total": int(counts[kept_rows].sum()),
-                "per_row_histogram": {str(c): int(n) for c, n in zip(*np.unique(counts, return_counts=True))},
+                "total": stats["total"],
+                "per_row_histogram": {str(c): int(n) for c, n in enumerate(counts_hist) if n},
             },
             "shortfall": {
-                "rows": int(short.sum()),
-                "kept": int((short & kept_rows).sum()),
-                "dropped": int((short & ~kept_rows).sum()),
-                "without_negatives": int((counts == 0).sum()),
+                "rows": int(counts_hist[:requested].sum()),
+                "kept": stats["short_kept"],
+                "dropped": int(counts_hist[:requested].sum()) - stats["short_kept"],
+                "without_negatives": int(counts_hist[0]),
             },
-            "scores": _score_summary(mined),
+            "scores": stats["scores"],
         }
     )
-    enc_after = enc.stats.to_dict()
-    report["encode"] = {
-        **cache.stats.to_dict(),
-        "batches": enc_after["batches"] - enc_before["batches"],
-        "seconds": round(enc_after["seconds"] - enc_before["seconds"], 3),
-        "workers": workers,
-    }
     report["timing"] = {"filter_select_seconds": round(filter_seconds, 3)}
-    return mined, report
+    return report
 
 
-def _check_inputs(rows: pa.Table, corpus: pa.Table) -> str:
-    need_rows = ("query_id", "positive_id", "query", "positive", "instruction")
-    source = "?"
-    if "source" in rows.column_names and rows.num_rows:
-        sources = rows.column("source").unique().to_pylist()
-        if len(sources) > 1:
-            raise NvdataError(f"dense mining: rows come from several sources {sources}; mine one source at a time")
-        source = sources[0]
-    for col in need_rows:
-        if col not in rows.column_names:
-            raise NvdataError(f"dense mining [{source}]: rows lack column {col!r}")
-    for col in ("doc_id", "text"):
-        if col not in corpus.column_names:
-            raise NvdataError(f"dense mining [{source}]: corpus lacks column {col!r}")
-    for col in need_rows:
-        if rows.column(col).null_count:
-            raise NvdataError(f"dense mining [{source}]: rows have null {col!r}")
-    for col in ("doc_id", "text"):
-        if corpus.column(col).null_count:
-            raise NvdataError(f"dense mining [{source}]: corpus has null {col!r}")
-    return source
+def _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache, doc_prompt,
+                             cfg: DenseConfig, batch_rows: int) -> int:
+    """Embed the positives the corpus lacks (in row order, ``chunk_size`` at a time) and score them."""
+    missing = int((positive_at < 0).sum())
+    if not missing:
+        return 0
+    buf_rows: list[int] = []
+    buf_texts: list[str] = []
+
+    def flush(upto: int) -> None:
+        rr = np.asarray(buf_rows[:upto], dtype=np.int64)
+        p_emb = cache.embed(buf_texts[:upto], prompt=doc_prompt)
+        positive_score[rr] = np.einsum("ij,ij->i", q_emb[queries.of_row[rr]], p_emb)
+        del buf_rows[:upto], buf_texts[:upto]
+
+    r = 0
+    for b in iter_batches(rows_files, batch_rows=batch_rows, columns=["positive"]):
+        local = np.flatnonzero(np.asarray(positive_at[r : r + b.num_rows]) < 0)
+        if local.size:
+            buf_rows.extend((local + r).tolist())
+            buf_texts.extend(b.column("positive").take(pa.array(local)).to_pylist())
+            while len(buf_rows) >= cfg.chunk_size:
+                flush(cfg.chunk_size)
+        r += b.num_rows
+    if buf_rows:
+        flush(len(buf_rows))
+    return missing
+
+
+@dataclass
+class _BlockQueries:
+    """What the filters need for queries ``s..e`` (one search block)."""
+
+    positive_idx: np.ndarray  # (b, m) corpus index of each positive row, -1 padded
+    positive_hashes: np.ndarray  # (b, m') distinct positive text codes, 0 padded
+    query_hashes: np.ndarray  # (b, 1)
+    query_at: np.ndarray  # (b, 1)
+    min_positive: np.ndarray  # (b,) float64
+    seeds: np.ndarray | None
+
+
+def _block_queries(queries: _Queries, positive_at, positive_score, query_at, s: int, e: int) -> _BlockQueries:
+    nb = e - s
+    rows = np.asarray(queries.row_by_q[queries.q_off[s] : queries.q_off[e]])
+    q_local = np.repeat(np.arange(nb, dtype=np.int64), np.diff(queries.q_off[s : e + 1]))
+    positive_idx = _ragged_by_query(q_local, np.asarray(positive_at[rows]), nb, pad=-1)
+    min_positive = np.full(nb, np.inf, dtype=np.float64)
+    np.minimum.at(min_positive, q_local, np.asarray(positive_score[rows]).astype(np.float64))
+    ph_q = np.repeat(np.arange(nb, dtype=np.int64), np.diff(queries.ph_off[s : e + 1]))
+    ph = np.asarray(queries.ph_values[queries.ph_off[s] : queries.ph_off[e]])
+    positive_hashes = _ragged_by_query(ph_q, ph, nb, pad=0)
+    return _BlockQueries(
+        positive_idx, positive_hashes,
+        np.asarray(queries.query_hashes[s:e])[:, None], np.asarray(query_at[s:e])[:, None], min_positive,
+        np.asarray(queries.seeds[s:e]) if queries.seeds is not None else None,
+    )
 
 
 def _ragged_by_query(of_row: np.ndarray, values: np.ndarray, n_q: int, *, pad: int) -> np.ndarray:
@@ -471,115 +720,120 @@ def _ragged_by_query(of_row: np.ndarray, values: np.ndarray, n_q: int, *, pad: i
 def _filter_and_select(
     cand_scores: np.ndarray,
     cand_idx: np.ndarray,
-    corpus: pa.Table,
-    queries: _Queries,
-    positive_idx: np.ndarray,
-    query_at: np.ndarray,
-    min_positive: np.ndarray,
+    corpus_texts: pa.ChunkedArray,
+    doc_hash: np.ndarray,
+    bq: _BlockQueries,
     cfg: DenseConfig,
-    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """Apply every filter in ``FILTER_ORDER`` and select; returns per-query choices + counts."""
-    n_q, _ = cand_idx.shape
+    """Apply every filter in ``FILTER_ORDER`` to one block of queries and select."""
     num = cfg.num_negatives
-    chosen_idx = np.full((n_q, num), -1, dtype=np.int64)
-    chosen_scores = np.full((n_q, num), np.nan, dtype=np.float32)
     removed = dict.fromkeys(FILTER_ORDER, 0)
-    considered = 0
-    texts = corpus.column("text")
-    doc_hash = np.zeros(corpus.num_rows, dtype=np.int64)  # 0 = not hashed yet
-    seeds = row_seeds(seed, queries.ids) if cfg.sampling == "random" else None
-    for start in range(0, n_q, _QUERY_BLOCK):
-        sl = slice(start, start + _QUERY_BLOCK)
-        idx, scores = cand_idx[sl], cand_scores[sl]
-        # Hash each candidate text once per run, only for documents some query retrieved.
-        wanted = np.unique(idx[idx >= 0])
-        todo = wanted[doc_hash[wanted] == 0]
-        if todo.size:
-            doc_hash[todo] = [hash_code(t) for t in texts.take(pa.array(todo)).to_pylist()]
-        codes = np.where(idx >= 0, doc_hash[np.maximum(idx, 0)], 0)
+    idx, scores = cand_idx, cand_scores
+    # Hash each candidate text once per run, only for documents some query retrieved.
+    wanted = np.unique(idx[idx >= 0])
+    todo = wanted[np.asarray(doc_hash[wanted]) == 0]
+    if todo.size:
+        doc_hash[todo] = [hash_code(t) for t in corpus_texts.take(pa.array(todo)).to_pylist()]
+    codes = np.where(idx >= 0, np.asarray(doc_hash[np.maximum(idx, 0)]), 0)
 
-        alive = idx >= 0
-        steps = {
-            "positive_id": lambda: filters.excluded_code_mask(idx, positive_idx[sl], pad=-1),
-            "query_id": lambda: filters.excluded_code_mask(idx, query_at[sl], pad=-1),
-            "positive_text": lambda: filters.excluded_code_mask(codes, queries.positive_hashes[sl], pad=0),
-            "query_text": lambda: filters.excluded_code_mask(codes, queries.query_hashes[sl], pad=0),
-            "duplicate_candidate": lambda: filters.repeated_code_mask(codes),
-        }
-        for name, mask_fn in steps.items():
-            hit = mask_fn() & alive
-            removed[name] += int(hit.sum())
-            alive &= ~hit
-        # The candidate list is top_k deep once positives and copies are out; the slack
-        # fetched to make room for them is not part of it.
-        alive &= ~filters.rank_window_mask(alive, 0, cfg.top_k)
-        considered += int(alive.sum())
-        p = min_positive[sl]
-        score_steps = {
-            "rank_window": lambda: filters.rank_window_mask(alive, cfg.range_min, cfg.range_max),
-            "relative_margin": lambda: filters.relative_margin_mask(scores, p, cfg.relative_margin),
-            "absolute_margin": lambda: filters.absolute_margin_mask(scores, p, cfg.absolute_margin),
-            "max_score": lambda: filters.max_score_mask(scores, cfg.max_score),
-            "min_score": lambda: filters.min_score_mask(scores, cfg.min_score),
-        }
-        for name, mask_fn in score_steps.items():
-            if name != "rank_window" and getattr(cfg, name) is None:
-                continue
-            hit = mask_fn() & alive
-            removed[name] += int(hit.sum())
-            alive &= ~hit
+    alive = idx >= 0
+    steps = {
+        "positive_id": lambda: filters.excluded_code_mask(idx, bq.positive_idx, pad=-1),
+        "query_id": lambda: filters.excluded_code_mask(idx, bq.query_at, pad=-1),
+        "positive_text": lambda: filters.excluded_code_mask(codes, bq.positive_hashes, pad=0),
+        "query_text": lambda: filters.excluded_code_mask(codes, bq.query_hashes, pad=0),
+        "duplicate_candidate": lambda: filters.repeated_code_mask(codes),
+    }
+    for name, mask_fn in steps.items():
+        hit = mask_fn() & alive
+        removed[name] += int(hit.sum())
+        alive &= ~hit
+    # The candidate list is top_k deep once positives and copies are out; the slack
+    # fetched to make room for them is not part of it.
+    alive &= ~filters.rank_window_mask(alive, 0, cfg.top_k)
+    considered = int(alive.sum())
+    p = bq.min_positive
+    score_steps = {
+        "rank_window": lambda: filters.rank_window_mask(alive, cfg.range_min, cfg.range_max),
+        "relative_margin": lambda: filters.relative_margin_mask(scores, p, cfg.relative_margin),
+        "absolute_margin": lambda: filters.absolute_margin_mask(scores, p, cfg.absolute_margin),
+        "max_score": lambda: filters.max_score_mask(scores, cfg.max_score),
+        "min_score": lambda: filters.min_score_mask(scores, cfg.min_score),
+    }
+    for name, mask_fn in score_steps.items():
+        if name != "rank_window" and getattr(cfg, name) is None:
+            continue
+        hit = mask_fn() & alive
+        removed[name] += int(hit.sum())
+        alive &= ~hit
 
-        if cfg.sampling == "top":
-            pos = select_top(alive, num)
-        else:
-            pos = select_random(alive, num, seeds[sl])
-        valid = pos >= 0
-        safe = np.maximum(pos, 0)
-        chosen_idx[sl] = np.where(valid, np.take_along_axis(idx, safe, axis=1), -1)
-        chosen_scores[sl] = np.where(valid, np.take_along_axis(scores, safe, axis=1), np.nan)
+    pos = select_top(alive, num) if cfg.sampling == "top" else select_random(alive, num, bq.seeds)
+    valid = pos >= 0
+    safe = np.maximum(pos, 0)
+    chosen_idx = np.full((len(idx), num), -1, dtype=np.int64)
+    chosen_scores = np.full((len(idx), num), np.nan, dtype=np.float32)
+    width = pos.shape[1]
+    chosen_idx[:, :width] = np.where(valid, np.take_along_axis(idx, safe, axis=1), -1)
+    chosen_scores[:, :width] = np.where(valid, np.take_along_axis(scores, safe, axis=1), np.nan)
     return chosen_idx, chosen_scores, removed, considered
 
 
-def _assemble(
-    rows: pa.Table,
-    corpus: pa.Table,
-    of_row: np.ndarray,
-    chosen_idx: np.ndarray,
-    chosen_scores: np.ndarray,
-    positive_score: np.ndarray,
-    cfg: DenseConfig,
-) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Write the choices into the rows (in order); returns table, kept-row mask, counts."""
-    counts = (chosen_idx >= 0).sum(axis=1)[of_row]
-    kept = np.ones(rows.num_rows, dtype=bool)
-    if cfg.on_shortfall == "drop":
-        kept = counts >= cfg.num_negatives
-    texts = corpus.column("text")
-    neg_chunks, score_chunks = [], []
-    for start in range(0, rows.num_rows, _OUTPUT_BLOCK):
-        q = of_row[start : start + _OUTPUT_BLOCK]
-        idx, sc = chosen_idx[q], chosen_scores[q]
-        valid = idx >= 0  # chosen entries are left-aligned, so row-major order is row order
-        offsets = pa.array(np.concatenate([[0], np.cumsum(valid.sum(axis=1))]).astype(np.int32))
-        values = texts.take(pa.array(idx[valid])).combine_chunks() if valid.any() else pa.array([], pa.string())
-        neg_chunks.append(pa.ListArray.from_arrays(offsets, values.cast(pa.string())))
-        score_chunks.append(pa.ListArray.from_arrays(offsets, pa.array(sc[valid].astype(np.float32), pa.float32())))
+def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_idx, chosen_scores,
+                positive_score, cfg: DenseConfig, scratch: _Scratch, batch_rows: int) -> dict:
+    """Last pass: each batch of rows gets its query's choices and is written, in input order."""
+    num = cfg.num_negatives
     fmt = schema.FORMATTED
-    columns = {
-        "negatives": pa.chunked_array(neg_chunks, fmt.field("negatives").type),
-        "negative_scores": pa.chunked_array(score_chunks, fmt.field("negative_scores").type),
-        "positive_score": pa.array(positive_score.astype(np.float32), fmt.field("positive_score").type),
-        "negative_method": pa.array(["dense"] * rows.num_rows, fmt.field("negative_method").type),
-    }
-    out = rows
-    for name, col in columns.items():
-        i = out.schema.get_field_index(name)
-        field = fmt.field(name)
-        out = out.set_column(i, field, col) if i >= 0 else out.append_column(field, col)
-    if not kept.all():
-        out = out.filter(pa.array(kept))
-    return out, kept, counts
+    hist = np.zeros(num + 1, dtype=np.int64)
+    kept_total = short_kept = neg_total = 0
+    n_rows = len(of_row)
+    pos_vals = scratch.array("summary_pos", n_rows, np.float64)
+    neg_vals = scratch.array("summary_neg", n_rows * num, np.float64)
+    margin_vals = scratch.array("summary_margin", n_rows * num, np.float64)
+    n_pos = n_neg = 0
+    r = 0
+    with pq.ParquetWriter(out_file, out_schema, compression="zstd") as writer:
+        for b in iter_batches(rows_files, batch_rows=batch_rows):
+            n = b.num_rows
+            q = np.asarray(of_row[r : r + n])
+            idx, sc = np.asarray(chosen_idx[q]), np.asarray(chosen_scores[q])
+            valid = idx >= 0  # chosen entries are left-aligned, so row-major order is row order
+            counts = valid.sum(axis=1)
+            kept = counts >= num if cfg.on_shortfall == "drop" else np.ones(n, dtype=bool)
+            hist += np.bincount(counts, minlength=num + 1)
+            short_kept += int(((counts < num) & kept).sum())
+            offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+            values = (corpus_texts.take(pa.array(idx[valid])).combine_chunks() if valid.any()
+                      else pa.array([], pa.string()))
+            pscore = np.asarray(positive_score[r : r + n])
+            columns = {
+                "negatives": pa.ListArray.from_arrays(offsets, values.cast(pa.string())),
+                "negative_scores": pa.ListArray.from_arrays(offsets, pa.array(sc[valid].astype(np.float32), pa.float32())),
+                "positive_score": pa.array(pscore.astype(np.float32), fmt.field("positive_score").type),
+                "negative_method": pa.array(["dense"] * n, fmt.field("negative_method").type),
+            }
+            out = pa.Table.from_batches([b])
+            for name, col in columns.items():
+                i = out.schema.get_field_index(name)
+                field = fmt.field(name)
+                col = col.cast(field.type)
+                out = out.set_column(i, field, col) if i >= 0 else out.append_column(field, col)
+            if not kept.all():
+                out = out.filter(pa.array(kept))
+            writer.write_table(out.cast(out_schema))
+            kept_total += int(kept.sum())
+            neg_total += int(counts[kept].sum())
+            # Score summary over the rows written (quantiles at the end, from the mapped files).
+            kp = pscore[kept].astype(np.float64)
+            kn = sc[kept][valid[kept]].astype(np.float64)
+            pos_vals[n_pos : n_pos + len(kp)] = kp
+            neg_vals[n_neg : n_neg + len(kn)] = kn
+            margin_vals[n_neg : n_neg + len(kn)] = np.repeat(kp, counts[kept]) - kn
+            n_pos += len(kp)
+            n_neg += len(kn)
+            r += n
+    scores = {"positive": _quantiles(pos_vals[:n_pos]), "negative": _quantiles(neg_vals[:n_neg]),
+              "margin": _quantiles(margin_vals[:n_neg])}
+    return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores}
 
 
 _QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
@@ -593,15 +847,6 @@ def _quantiles(values: np.ndarray) -> dict:
     out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
     out.update({f"q{int(q * 100):02d}": round(float(v), 6) for q, v in zip(_QUANTILES, qs)})
     return out
-
-
-def _score_summary(mined: pa.Table) -> dict:
-    pos = mined.column("positive_score").to_numpy(zero_copy_only=False).astype(np.float64)
-    negs = mined.column("negative_scores").combine_chunks()
-    neg_values = negs.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
-    lengths = negs.value_lengths().to_numpy(zero_copy_only=False)
-    margin = np.repeat(pos, lengths) - neg_values  # positive minus each of its row's negatives
-    return {"positive": _quantiles(pos), "negative": _quantiles(neg_values), "margin": _quantiles(margin)}
 
 
 def _report_skeleton(source: str, cfg: DenseConfig, enc: Encoder | None, n_rows: int, n_corpus: int, n_q: int) -> dict:

@@ -522,6 +522,12 @@ class EmbeddingCache:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def flush(self) -> None:
+        """Wait for the pending writes (every embedded block is on disk after this)."""
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            future.result()
+
     def close(self) -> None:
         """Wait for every pending write; re-raise the first that failed."""
         pending, self._pending = self._pending, {}

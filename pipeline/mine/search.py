@@ -126,6 +126,8 @@ class TorchSearcher:
 
     @torch.inference_mode()
     def add(self, chunk: np.ndarray | torch.Tensor, offset: int) -> None:
+        if isinstance(chunk, np.ndarray) and not chunk.flags.writeable:
+            chunk = np.array(chunk)  # a memory-mapped cache file: torch wants writable memory
         corpus = torch.as_tensor(chunk).to(self.device, dtype=torch.float32, non_blocking=True)
         if corpus.shape[0] == 0:
             return

@@ -58,13 +58,11 @@ class DenseEncoder:
 def mine_dense(rows_file: Path, corpus_file: Path, *, cfg, encoder: DenseEncoder, cache_dir: Path,
                seed: int, out: Path, batch_rows: int) -> dict:
     """Dense negatives for one retrieval source: ``out/rows.parquet`` + report."""
-    from nvdata.mine.dense import mine_dense_negatives
+    from nvdata.mine.dense import mine_dense_files
 
-    rows = pq.read_table(rows_file)
-    corpus = pq.read_table(corpus_file)
-    mined, report = mine_dense_negatives(rows, corpus, cfg, encoder=encoder.setup(), device=encoder.device,
-                                         cache_dir=Path(cache_dir), seed=seed)
-    pq.write_table(mined, Path(out) / "rows.parquet", compression="zstd")
+    report = mine_dense_files(rows_file, corpus_file, Path(out) / "rows.parquet", cfg, encoder=encoder.setup(),
+                              device=encoder.device, cache_dir=Path(cache_dir), seed=seed,
+                              batch_rows=batch_rows, work_dir=Path(out))
     emit.write_json(Path(out) / "report.json", report)
     return report
 
