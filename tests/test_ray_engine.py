@@ -216,3 +216,43 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path):
 def test_ray_address_without_engine_ray_is_refused(tmp_path):
     with pytest.raises(build_mod.NvdataError, match="--ray-address needs --engine ray"):
         run_build(load_recipe("stage2"), out=tmp_path / "out", sample=True, ray_address="auto")
+
+
+def test_bad_input_on_a_worker_is_one_clear_line(ray_cluster, local_build, tmp_path):
+    """An NvdataError raised inside a Ray Data actor reaches the driver as itself (one line,
+    exit 2 in the CLI), not as Ray's wrapper with a remote traceback."""
+    from nvdata.decontam import build_test_index
+    from nvdata.errors import NvdataError
+    from nvdata.paths import sample_mirror_dir
+
+    recipe = load_recipe("stage2")
+    index = build_test_index(recipe.decontamination, mirror=sample_mirror_dir(),
+                             cache_dir=local_build.out.parent / "cache" / "test-index")  # cached: fast
+    raw = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"row_index": [0, 1], "positive": ["a", "b"]}), raw)  # no "query"
+    item = {"source": "broken", "kind": "pairs", "path": str(raw), "part": 0, "start": 0, "stop": 2,
+            "out": str(tmp_path)}
+    with pytest.raises(NvdataError) as e:
+        list(ray_engine._map_over_pool(ray, [item], ray_engine._Decontaminator, plan_pool(2, 0, 1, 1),
+                                       index_path=str(index.path), cfg=recipe.decontamination, batch_rows=8))
+    assert type(e.value) is NvdataError
+    assert "broken" in str(e.value) and "missing column" in str(e.value) and "\n" not in str(e.value)
+
+    @ray.remote(max_retries=0)
+    def bad_task():
+        raise NvdataError("source x, row 3: null text")
+
+    with pytest.raises(NvdataError) as e:  # the same from a Ray task (download, format, BM25)
+        ray_engine._wait_all(ray, {"x": bad_task.remote()}, lambda *a: None)
+    assert type(e.value) is NvdataError and str(e.value) == "source x, row 3: null text"
+
+
+def test_ray_address_without_a_cluster_is_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "nvdata.cli", "build", "--recipe", "stage2", "--sample", "--engine", "ray",
+         "--ray-address", "auto", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "--ray-address auto: no Ray cluster there" in proc.stderr and "ray start --head" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

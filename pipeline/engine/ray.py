@@ -97,9 +97,9 @@ def ray_session(address: str | None):
     if ray.is_initialized():
         yield ray
         return
-    kwargs = {"address": address} if address else {"num_cpus": os.cpu_count()}
-    try:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, **kwargs)
+    try:  # "local": a new Ray on this machine's CPUs (as Ray counts them, cgroup limits included)
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
     except ConnectionError as e:
         raise NvdataError(f"--ray-address {address}: no Ray cluster there ({e}); "
                           "start one with `ray start --head`") from None
@@ -155,14 +155,35 @@ def _cluster(ray) -> tuple[float, float, int]:
 
 
 def _map_over_pool(ray, items: list[dict], fn_class, pool: Pool, **constructor_kwargs):
-    """Rows ``{"task", "result"}`` of ``fn_class`` applied to each item (JSON) on an actor pool,
-    in completion order (callers key the results by their task, never by position)."""
+    """``(task, result)`` dicts of ``fn_class`` applied to each item (JSON) on an actor pool, in
+    completion order (callers key the results by their task, never by position).
+
+    Ray Data does not carry a UDF's exception class back to the driver, so the actors return
+    bad input as ``{"error": message}`` and it is raised here as the NvdataError it was."""
     ds = ray.data.from_items([{"task": json.dumps(it)} for it in items], override_num_blocks=len(items))
-    return ds.map_batches(
+    rows = ds.map_batches(
         fn_class, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs=constructor_kwargs,
         compute=ray.data.ActorPoolStrategy(size=pool.size), num_cpus=pool.num_cpus,
         num_gpus=pool.num_gpus or None,
     ).iter_rows()
+    try:
+        for row in rows:
+            task, result = json.loads(row["task"]), json.loads(row["result"])
+            if "error" in result:
+                raise NvdataError(result["error"])
+            yield task, result
+    except NvdataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _unwrap(e) from None
+
+
+def _as_result(work) -> str:
+    """``work()`` as a JSON result row of :func:`_map_over_pool`; bad input as ``{"error"}``."""
+    try:
+        return json.dumps(work())
+    except NvdataError as e:
+        return json.dumps({"error": str(e)})
 
 
 def _configure_ray_data(ray) -> None:
@@ -173,13 +194,17 @@ def _configure_ray_data(ray) -> None:
 
 
 def _unwrap(error: BaseException) -> BaseException:
-    """The NvdataError a task or actor raised, out of Ray's wrappers (else ``error``)."""
+    """The NvdataError a task or actor raised, out of Ray's wrappers (else ``error``), so bad
+    input still ends as one line and exit 2, as on the local engine."""
     seen = error
     while seen is not None:
-        if isinstance(seen, NvdataError):
-            return NvdataError(str(seen).splitlines()[-1] if "\n" in str(seen) else str(seen))
-        cause = getattr(seen, "cause", None)
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+        cause = getattr(seen, "cause", None)  # RayTaskError keeps the original here
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause
+        elif isinstance(seen, NvdataError):
+            return NvdataError(*seen.args)
+        else:
+            seen = seen.__cause__ or seen.__context__
     return error
 
 
@@ -303,18 +328,19 @@ class _Decontaminator:
         self.cfg, self.batch_rows = cfg, batch_rows
 
     def __call__(self, batch: pa.Table) -> dict:
-        results = []
-        for task_json in batch.column("task").to_pylist():
-            t = json.loads(task_json)
-            path = Path(t["path"])
-            hits: list[dict] = []
-            kept = _write_part(
-                Path(t["out"]) / part_name(path.stem, t["part"]), pq.read_schema(path),
-                dstage.decontaminate_batches(
-                    iter_row_range(path, t["start"], t["stop"], self.batch_rows), kind=t["kind"],
-                    source=t["source"], index=self.index, cfg=self.cfg, hits=hits))
-            results.append(json.dumps({"kept": kept, "hits": hits}))
+        results = [_as_result(lambda: self.decontaminate_part(json.loads(t)))
+                   for t in batch.column("task").to_pylist()]
         return pa.table({"task": batch.column("task"), "result": pa.array(results, pa.string())})
+
+    def decontaminate_part(self, t: dict) -> dict:
+        path = Path(t["path"])
+        hits: list[dict] = []
+        kept = _write_part(
+            Path(t["out"]) / part_name(path.stem, t["part"]), pq.read_schema(path),
+            dstage.decontaminate_batches(
+                iter_row_range(path, t["start"], t["stop"], self.batch_rows), kind=t["kind"],
+                source=t["source"], index=self.index, cfg=self.cfg, hits=hits))
+        return {"kept": kept, "hits": hits}
 
 
 class _DenseWorker:
@@ -464,10 +490,9 @@ class _Run:
                 outcome: dict[tuple, dict] = {}
                 left = {name: sum(1 for it in items if it["source"] == name) for name in todo}
                 joins: dict[tuple[str, str], object] = {}
-                for row in _map_over_pool(self.ray, items, _Decontaminator, pool, index_path=str(index.path),
-                                          cfg=recipe.decontamination, batch_rows=ctx.batch_rows):
-                    t = json.loads(row["task"])
-                    outcome[(t["source"], t["kind"], t["part"])] = json.loads(row["result"])
+                for t, result in _map_over_pool(self.ray, items, _Decontaminator, pool, index_path=str(index.path),
+                                                cfg=recipe.decontamination, batch_rows=ctx.batch_rows):
+                    outcome[(t["source"], t["kind"], t["part"])] = result
                     left[t["source"]] -= 1
                     if left[t["source"]] == 0:  # every part of this source is clean: join them
                         for kind, path, tmp in todo[t["source"]]:
