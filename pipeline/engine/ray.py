@@ -382,6 +382,9 @@ def _remote_functions(ray):
 
     @ray.remote(max_retries=TASK_RETRIES)
     def join_parts(parts: list[str], dest: str) -> int:
+        """The parts of one table, in part order, as one file (the name the local engine writes)."""
+        if Path(dest).exists() and not all(Path(p).exists() for p in parts):  # a re-run of a finished join
+            return pq.ParquetFile(dest).metadata.num_rows
         if len(parts) == 1:
             os.replace(parts[0], dest)
             return pq.ParquetFile(dest).metadata.num_rows
@@ -474,7 +477,7 @@ class _Run:
         folders: dict[str, tuple[Path, str]] = {}
         say_total, said = len(raws), 0
         with _staged() as staged:
-            todo: dict[str, list[tuple[str, Path]]] = {}
+            todo: dict[str, list[tuple[str, Path, Path]]] = {}  # source -> (table, raw file, stage tmp)
             for name, raw in raws.items():
                 key = decontaminate_key(raw.path.name, recipe, index.key)
                 final, tmp = staged.open(ctx.cache, "decontaminate", name, key)
@@ -572,7 +575,7 @@ class _Run:
         fmt: dict[str, tuple[Path, str]] = {}
         total, done = len(raws), 0
 
-        def formatted(name, _report=None):
+        def formatted(name):
             nonlocal done
             done += 1
             fdir = fmt[name][0]
@@ -593,9 +596,9 @@ class _Run:
                     refs[name] = self.format_task.remote(reg[name], d / raws[name].data_file.name, recipe.format,
                                                          recipe.seed, specs[name].max_rows, tmp, ctx.batch_rows)
 
-            def done_one(name, report):
+            def done_one(name, _report):
                 staged.finish(name)
-                formatted(name, report)
+                formatted(name)
 
             _wait_all(self.ray, refs, done_one)
         return fmt
@@ -607,7 +610,7 @@ class _Run:
         total, done = len(raws), 0
         mdirs: dict[str, Path] = {}
 
-        def mined(name, _report=None):
+        def mined(name):
             nonlocal done
             done += 1
             r = self.results[name]
@@ -646,7 +649,7 @@ class _Run:
                     mstage.no_mining(rows_file, out=tmp)
                     staged.finish(name)
 
-            def done_one(name, report):
+            def done_one(name, _report):
                 staged.finish(name)
 
             if dense:
