@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --upgrade pip "setuptools>=77"
 	# the CPU build first: an unpinned torch would pull several GB of CUDA wheels
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,ray]'  # ray: tests/test_ray_engine.py
 	touch $@
 
 install: $(VENV)/.installed

@@ -18,14 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ray = pytest.importorskip("ray")  # an optional extra (nvdata[ray]); CI installs it
+import ray  # the nvdata[ray] extra; `make test` installs it
 
-from nvdata import build as build_mod  # noqa: E402
-from nvdata.build import run_build  # noqa: E402
-from nvdata.engine import ray as ray_engine  # noqa: E402
-from nvdata.engine.ray import iter_row_range, plan_pool  # noqa: E402
-from nvdata.recipe import load_recipe  # noqa: E402
-from nvdata.stages import iter_batches  # noqa: E402
+from nvdata import build as build_mod
+from nvdata.build import run_build
+from nvdata.engine import ray as ray_engine
+from nvdata.engine.ray import iter_row_range, plan_pool
+from nvdata.recipe import load_recipe
+from nvdata.stages import iter_batches
 
 pytestmark = pytest.mark.slow
 
