@@ -47,7 +47,7 @@ from bench_dense import formatted_rows, synthetic  # noqa: E402
 from memstat import reset_peak, rss_mib  # noqa: E402
 
 from nvdata import schema  # noqa: E402
-from nvdata.mine.dense import DenseConfig, _Queries, _query_prompt, mine_dense_negatives  # noqa: E402
+from nvdata.mine.dense import DenseConfig, _query_prompt, mine_dense_negatives  # noqa: E402
 from nvdata.mine.encode import EmbeddingCache, load_encoder  # noqa: E402
 from nvdata.text import content_id  # noqa: E402
 
@@ -72,14 +72,15 @@ def prefill(cache: EmbeddingCache, cfg: DenseConfig, rows: pa.Table, corpus: pa.
             if q is not None:
                 pos_vec[q] = emb[j]
         np.save(cache.path_for(texts, doc_prompt), emb)
-    queries = _Queries.from_rows(rows)
-    if not np.array_equal(queries.of_row, np.arange(len(positives))):
+    qids = rows.column("query_id").to_pylist()
+    if len(set(qids)) != len(qids) or len(qids) != len(positives):
         raise SystemExit("prefill expects one row per distinct query")
+    texts = rows.column("query").to_pylist()
     noise = rng.standard_normal(pos_vec.shape, dtype=np.float32) / np.sqrt(enc.dim)
     q_vec = _unit(pos_vec + 0.8 * noise)  # cosine to its positive ~0.78; to a random passage ~0 +- 0.05
-    prompt = _query_prompt(enc, cfg.query_prompt, queries.instructions[0])
-    for start in range(0, len(queries.texts), cfg.chunk_size):
-        block = queries.texts[start : start + cfg.chunk_size]
+    prompt = _query_prompt(enc, cfg.query_prompt, rows.column("instruction")[0].as_py())
+    for start in range(0, len(texts), cfg.chunk_size):
+        block = texts[start : start + cfg.chunk_size]
         np.save(cache.path_for(block, prompt), q_vec[start : start + cfg.chunk_size])
 
 

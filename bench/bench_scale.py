@@ -20,6 +20,7 @@ Figures are printed side by side with the growth ratio of each size against the 
     python bench/bench_scale.py                                # local, 50k 200k 800k
     python bench/bench_scale.py --sizes 50000 200000 --engines local,ray
     python bench/bench_scale.py --sizes 50000 --hashes         # also print shard sha256s
+    python bench/bench_scale.py --threads 1                    # on a shared, busy machine
 """
 
 from __future__ import annotations
@@ -38,9 +39,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 ENGINES = ("local", "ray")
 QUERY_WORDS, ANSWER_WORDS = 9, 60
@@ -262,6 +260,8 @@ def main() -> None:
     ap.add_argument("--engines", default="local", help="comma-separated: local,ray")
     ap.add_argument("--root", type=Path, default=Path("/tmp/nvdata-bench-scale"))
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per build")
+    ap.add_argument("--threads", type=int, help="torch/BLAS threads of each build (OMP_NUM_THREADS); "
+                    "1 on a shared machine, where 2 threads on 2 busy cores ran the encoder 5x slower")
     ap.add_argument("--hashes", action="store_true", help="print each build's shard sha256s")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--run-one", action="store_true", help=argparse.SUPPRESS)
@@ -279,7 +279,9 @@ def main() -> None:
     args.root.mkdir(parents=True, exist_ok=True)
     encoder = write_encoder(args.root)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(args.threads)
     results = []
     for rows in sorted(args.sizes):
         for engine in engines:

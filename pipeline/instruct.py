@@ -548,23 +548,47 @@ def format_source(
         parts = [fmt.feed(b) for b in raw.to_batches()]
         table = pa.concat_tables(parts) if parts else FORMATTED.empty_table()
         return table, fmt.report
+    report: dict = {}
+    parts = list(format_labelled(entry, raw, cfg, seed, report, instructions))
+    return (pa.concat_tables(parts) if parts else FORMATTED.empty_table()), report
+
+
+def format_labelled(
+    entry: SourceEntry,
+    raw: pa.Table,
+    cfg: FormatConfig,
+    seed: int,
+    report: dict,
+    instructions: Instructions | None = None,
+    batch_rows: int = 8192,
+):
+    """Yield a classification / clustering source's rows in tables of ``batch_rows``; fill ``report``.
+
+    A per-source reduction: label / example negatives are drawn from the whole source's label
+    pools, held as Arrow text arrays and numpy label indices (no Python object per row); the
+    rows are then built and yielded a block at a time.
+    """
     _check_columns(entry, raw)
     ins = source_instruction(entry.name, instructions)
     rng = lab.rng_for(seed, entry.name)
-    if entry.task_type == "classification":
-        return _format_labelled(entry, raw, cfg, rng, ins, _classification_labels(entry, raw))
-    return _format_labelled(entry, raw, cfg, rng, ins, _clustering_labels(entry, raw))
+    data = _classification_labels(entry, raw) if entry.task_type == "classification" else _clustering_labels(entry, raw)
+    yield from _format_labelled(entry, raw, cfg, rng, ins, data, report, batch_rows)
 
 
 @dataclass(frozen=True)
 class _Labelled:
     """A classification/clustering table reduced to what sampling needs (blank texts removed)."""
 
-    texts: list[str]
+    texts: pa.Array  # string, one per kept row
     sets: lab.LabelSets
     label_text: tuple[str, ...]  # display text per label index
-    own_text: list[str] | None  # classification: each row's own label_text (d+ in label mode)
+    own_text: pa.Array | None  # classification: each row's own label_text (d+ in label mode)
     dropped: dict
+
+
+def _strings(col) -> pa.Array:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    return pc.cast(col, pa.string())
 
 
 def _classification_labels(entry: SourceEntry, raw: pa.Table) -> _Labelled:
@@ -573,60 +597,67 @@ def _classification_labels(entry: SourceEntry, raw: pa.Table) -> _Labelled:
         i = int(np.nonzero(np.asarray(pc.is_null(labels).to_numpy(zero_copy_only=False)))[0][0])
         raise NvdataError(f"source {entry.name!r}: row_index {_row_indices(raw)[i]}: label is missing")
     keep = ~_blank(raw.column("text"))
-    texts = [t for t, k in zip(raw.column("text").to_pylist(), keep) if k]
-    label_ids = [str(v) for v, k in zip(pc.cast(labels, pa.string()).to_pylist(), keep) if k]
-    shown = [
-        (lt if lt is not None and lt.strip() else lid)
-        for lt, lid in zip((v for v, k in zip(raw.column("label_text").to_pylist(), keep) if k), label_ids)
-    ]
-    sets = lab.build_label_sets([[lid] for lid in label_ids])
+    mask = pa.array(keep)
+    texts = _strings(raw.column("text")).filter(mask)
+    label_ids = _strings(labels).filter(mask)
+    label_text = _strings(raw.column("label_text")).filter(mask)
+    shown = pc.if_else(pa.array(_blank(label_text)), label_ids, label_text)
+    names = tuple(sorted(pc.unique(label_ids).to_pylist()))
+    values = np.asarray(pc.index_in(label_ids, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False),
+                        dtype=np.int64)
+    sets = lab.LabelSets(names, np.arange(len(values) + 1, dtype=np.int64), values)
     # A label's display text is the label_text of its first row (the raw table's order).
-    first: dict[str, str] = {}
-    for lid, text in zip(label_ids, shown):
-        first.setdefault(lid, text)
-    return _Labelled(texts, sets, tuple(first[n] for n in sets.names), shown,
+    first = np.unique(values, return_index=True)[1]
+    return _Labelled(texts, sets, tuple(shown.take(pa.array(first)).to_pylist()), shown,
                      {"empty_text": int((~keep).sum())})
 
 
 def _clustering_labels(entry: SourceEntry, raw: pa.Table) -> _Labelled:
     keep = ~_blank(raw.column("text"))
-    texts, cats = [], []
-    no_label = 0
-    for t, c, k in zip(raw.column("text").to_pylist(), raw.column("categories").to_pylist(), keep):
-        if not k:
-            continue
-        row = [s.strip() for s in (c or []) if isinstance(s, str) and s.strip()]
-        if not row:
-            no_label += 1
-            continue
-        texts.append(t)
-        cats.append(row)
-    sets = lab.build_label_sets(cats)
-    return _Labelled(texts, sets, sets.names, None, {"empty_text": int((~keep).sum()), "no_label": no_label})
+    cats = raw.column("categories")
+    cats = cats.combine_chunks() if isinstance(cats, pa.ChunkedArray) else cats
+    parent = np.asarray(pc.list_parent_indices(cats), dtype=np.int64)
+    flat = pc.utf8_trim_whitespace(_strings(pc.list_flatten(cats)))
+    ok = np.asarray(pc.fill_null(pc.greater(pc.utf8_length(flat), 0), False).to_numpy(zero_copy_only=False), dtype=bool)
+    ok &= keep[parent]
+    flat, parent = flat.filter(pa.array(ok)), parent[ok]
+    has = np.zeros(len(keep), dtype=bool)
+    has[parent] = True
+    rows = np.flatnonzero(keep & has)  # rows with a text and at least one category, in order
+    names = tuple(sorted(pc.unique(flat).to_pylist()))
+    label = np.asarray(pc.index_in(flat, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False),
+                       dtype=np.int64)
+    new_row = np.searchsorted(rows, parent)  # rows are ascending, every parent is among them
+    # A row's labels: distinct, in first-seen order.
+    first = np.sort(np.unique(new_row * max(len(names), 1) + label, return_index=True)[1])
+    new_row, label = new_row[first], label[first]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(new_row, minlength=len(rows)), out=offsets[1:])
+    sets = lab.LabelSets(names, offsets, label)
+    texts = _strings(raw.column("text")).take(pa.array(rows))
+    return _Labelled(texts, sets, sets.names, None,
+                     {"empty_text": int((~keep).sum()), "no_label": int((keep & ~has).sum())})
 
 
 _SAME_TEXT_TRIES = 4
 
 
-def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data: _Labelled):
+def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data: _Labelled, report: dict,
+                     batch_rows: int):
     sets, texts = data.sets, data.texts
+    n = len(texts)
     mode = cfg.mode_for(entry, sets.num_labels)
     k = cfg.num_negatives
     dropped = dict(data.dropped, no_positive=0, no_negative=0)
     rows = _Rows(entry.name, entry.task_type, ins, mode)
-    ids = [content_id(t) for t in texts]
+    labels = pa.array(data.label_text, pa.string())
     if mode == "label":
         if data.own_text is not None:  # classification: the row's own label text
             pos_text = data.own_text
         else:  # clustering: one of the row's categories
-            pos_text = [data.label_text[j] for j in lab.sample_member(sets, rng)]
-        negs = lab.compact_negatives(lab.sample_other_labels(sets, k, rng))
-        for i, text in enumerate(texts):
-            if not negs[i]:
-                dropped["no_negative"] += 1
-                continue
-            rows.add(text, pos_text[i], ids[i], content_id(pos_text[i]),
-                     [data.label_text[j] for j in negs[i]])
+            pos_text = labels.take(pa.array(lab.sample_member(sets, rng)))
+        neg_idx, neg_pool = lab.sample_other_labels(sets, k, rng), labels
+        pos_row = None
     else:
         pools = lab.class_pools(sets)
         pos_label = lab.sample_member(sets, rng)
@@ -634,24 +665,46 @@ def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data:
         # A repeated text in the dataset can be drawn as its own positive: redraw a few times,
         # then give up on the row (counted as no_positive).
         for attempt in range(_SAME_TEXT_TRIES + 1):
-            same = np.array([i for i, p in enumerate(pos_row) if p >= 0 and texts[p] == texts[i]], dtype=np.int64)
+            drawn = np.flatnonzero(pos_row >= 0)
+            equal = pc.equal(texts.take(pa.array(pos_row[drawn])), texts.take(pa.array(drawn)))
+            same = drawn[np.asarray(pc.fill_null(equal, False).to_numpy(zero_copy_only=False), dtype=bool)]
             if len(same) == 0:
                 break
             if attempt == _SAME_TEXT_TRIES:
                 pos_row[same] = -1
             else:
                 pos_row[same] = lab.sample_example_of(pos_label[same], pools, rng, exclude=same)
-        negs = lab.compact_negatives(lab.sample_example_negatives(sets, pools, k, rng))
-        for i, text in enumerate(texts):
-            if pos_row[i] < 0:
-                dropped["no_positive"] += 1
-                continue
-            if not negs[i]:
-                dropped["no_negative"] += 1
-                continue
-            p = int(pos_row[i])
-            rows.add(text, texts[p], ids[i], ids[p], [texts[j] for j in negs[i]])
-    table = rows.take()
-    report = _report(entry, rows, raw.num_rows, dropped, mode, cfg, rows_out=table.num_rows,
-                     num_labels=sets.num_labels)
-    return table, report
+        neg_idx, neg_pool = lab.sample_example_negatives(sets, pools, k, rng), texts
+        pos_text = None
+    has_neg = (neg_idx >= 0).any(axis=1)
+    out_rows = 0
+    for start in range(0, n, batch_rows):
+        stop = min(n, start + batch_rows)
+        block = np.arange(start, stop)
+        if pos_row is not None:
+            no_pos = pos_row[block] < 0
+            dropped["no_positive"] += int(no_pos.sum())
+            block = block[~no_pos]
+        no_neg = ~has_neg[block]
+        dropped["no_negative"] += int(no_neg.sum())
+        block = block[~no_neg]
+        if len(block) == 0:
+            continue
+        q_texts = texts.take(pa.array(block)).to_pylist()
+        if pos_row is None:
+            p_texts = pos_text.take(pa.array(block)).to_pylist()
+            p_ids = [content_id(p) for p in p_texts]
+        else:
+            p_texts = texts.take(pa.array(pos_row[block])).to_pylist()
+            p_ids = [content_id(p) for p in p_texts]
+        negs = neg_idx[block]
+        valid = negs >= 0
+        flat = neg_pool.take(pa.array(negs[valid])).to_pylist()
+        cuts = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
+        for i, (q, p, pid) in enumerate(zip(q_texts, p_texts, p_ids)):
+            rows.add(q, p, content_id(q), pid, flat[cuts[i] : cuts[i + 1]])
+        table = rows.take()
+        out_rows += table.num_rows
+        yield table
+    report.update(_report(entry, rows, raw.num_rows, dropped, mode, cfg, rows_out=out_rows,
+                          num_labels=sets.num_labels))

@@ -323,9 +323,13 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
     of_row = scratch.array("of_row", n_rows, np.int64)
     of_row[order] = q_of_group[group_of_sorted]
     del order, group_of_sorted, starts, q_of_group
-    firsts = np.sort(first_of_group)
+    firsts = scratch.array("firsts", n_q, np.int64)
+    firsts[:] = np.sort(first_of_group)
+    del first_of_group
     counts = np.bincount(of_row, minlength=n_q)
-    q_off = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    q_off = scratch.array("q_off", n_q + 1, np.int64)
+    q_off[0] = 0
+    np.cumsum(counts, out=q_off[1:])
     row_by_q = scratch.array("row_by_q", n_rows, np.int64)
     row_by_q[:] = np.argsort(of_row, kind="stable")
     # Distinct positive text codes per query, sorted (CSR).
@@ -337,7 +341,9 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
     keep[1:] = (vals[1:] != vals[:-1]) | (q_sorted[1:] != q_sorted[:-1])
     ph_values = scratch.array("ph_values", int(keep.sum()), np.int64)
     ph_values[:] = vals[keep]
-    ph_off = np.concatenate([[0], np.cumsum(np.bincount(q_sorted[keep], minlength=n_q))]).astype(np.int64)
+    ph_off = scratch.array("ph_off", n_q + 1, np.int64)
+    ph_off[0] = 0
+    np.cumsum(np.bincount(q_sorted[keep], minlength=n_q), out=ph_off[1:])
     del vals, q_sorted, keep, o
     queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, int(counts.max()), firsts, pid)
     return queries, (next(iter(sources)) if sources else "?")
@@ -410,6 +416,16 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
         if qs:
             flush(prompt, len(qs))
     return q_emb
+
+
+def _sorted_keys(scratch: _Scratch, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` sorted (stable) and where each sorted key came from, as scratch files."""
+    order = scratch.array(f"{name}_order", len(keys), np.int64)
+    order[:] = np.argsort(keys, kind="stable")
+    ordered = scratch.array(f"{name}_sorted", len(keys), keys.dtype)
+    for i in range(0, len(keys), 1 << 20):
+        ordered[i : i + (1 << 20)] = keys[order[i : i + (1 << 20)]]
+    return order, ordered
 
 
 def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -547,10 +563,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
     # One pass over the corpus: encode (or load) a chunk into the cache, and note where the
     # positives and the queries' own documents sit so their scores and ids come for free.
     doc_prompt = enc.prompt("document") if cfg.document_prompt == "model" else None
-    pid_order = np.argsort(queries.pid_keys, kind="stable")
-    pid_sorted = np.asarray(queries.pid_keys)[pid_order]
-    qk_order = np.argsort(queries.query_keys, kind="stable")
-    qk_sorted = np.asarray(queries.query_keys)[qk_order]
+    pid_order, pid_sorted = _sorted_keys(scratch, "pid", queries.pid_keys)
+    qk_order, qk_sorted = _sorted_keys(scratch, "qk", queries.query_keys)
     positive_at = scratch.array("positive_at", n_rows, np.int64, fill=-1)
     positive_score = scratch.array("positive_score", n_rows, np.float32, fill=np.nan)
     query_at = scratch.array("query_at", n_q, np.int64, fill=-1)
@@ -840,12 +854,24 @@ _QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 
 
 def _quantiles(values: np.ndarray) -> dict:
-    values = values[np.isfinite(values)]
+    """Count, mean and quantiles of float64 ``values`` (a scratch array, sorted in place).
+
+    Equal to ``np.quantile`` (linear method) on the finite values: each quantile is numpy's
+    own interpolation between the two order statistics it falls between, so a memory-mapped
+    array is never copied whole into memory.
+    """
+    if not all(np.isfinite(values[i : i + (1 << 20)]).all() for i in range(0, len(values), 1 << 20)):
+        values = values[np.isfinite(values)]  # rare (a NaN score): a copy of the finite ones
     if values.size == 0:
         return {"count": 0}
-    qs = np.quantile(values.astype(np.float64), _QUANTILES)
     out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
-    out.update({f"q{int(q * 100):02d}": round(float(v), 6) for q, v in zip(_QUANTILES, qs)})
+    values.sort()
+    n = values.size
+    for q in _QUANTILES:
+        at = q * (n - 1)
+        lo = int(np.floor(at))
+        pair = np.array([values[lo], values[min(lo + 1, n - 1)]], dtype=np.float64)
+        out[f"q{int(q * 100):02d}"] = round(float(np.quantile(pair, at - lo)), 6)
     return out
 
 

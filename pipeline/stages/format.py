@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.parquet as pq  # noqa: F401
 
 from nvdata import emit
-from nvdata.instruct import FormatConfig, StreamingFormatter, format_source
+from nvdata.instruct import FormatConfig, StreamingFormatter, format_labelled
 from nvdata.registry import SourceEntry
 from nvdata.schema import FORMATTED
 from nvdata.stages.io import iter_batches, write_batches
@@ -55,26 +55,23 @@ def format_rows(
 ) -> dict:
     """Format one source's decontaminated raw table into ``out/rows.parquet``; returns the report."""
     out = Path(out)
+    uncapped = out / "uncapped.parquet"
     if entry.task_type in ("retrieval", "sts"):
         fmt = StreamingFormatter(entry, cfg)
-        uncapped = out / "uncapped.parquet"
         n = write_batches(uncapped, FORMATTED,
                           (fmt.feed(b) for b in iter_batches(clean_raw, batch_rows=batch_rows)))
         report = fmt.report
-        keep = capped_rows(n, max_rows, seed, entry.name)
-        if keep is None:
-            uncapped.rename(out / "rows.parquet")
-        else:
-            write_batches(out / "rows.parquet", FORMATTED,
-                          _take_sorted(iter_batches(uncapped, batch_rows=batch_rows), keep))
-            uncapped.unlink()
+    else:  # a per-source reduction: the label pools need the whole source (as Arrow arrays)
+        report = {}
+        n = write_batches(uncapped, FORMATTED, format_labelled(entry, pq.read_table(clean_raw), cfg, seed, report,
+                                                               batch_rows=batch_rows))
+    keep = capped_rows(n, max_rows, seed, entry.name)
+    if keep is None:
+        uncapped.rename(out / "rows.parquet")
     else:
-        rows, report = format_source(entry, pq.read_table(clean_raw), cfg, seed)
-        n = rows.num_rows
-        keep = capped_rows(n, max_rows, seed, entry.name)
-        if keep is not None:
-            rows = rows.take(pa.array(keep))
-        pq.write_table(rows, out / "rows.parquet", compression="zstd")
+        write_batches(out / "rows.parquet", FORMATTED,
+                      _take_sorted(iter_batches(uncapped, batch_rows=batch_rows), keep))
+        uncapped.unlink()
     report = dict(report, capped=n - (len(keep) if keep is not None else n))
     emit.write_json(out / "report.json", report)
     return report
