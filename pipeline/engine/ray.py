@@ -686,6 +686,9 @@ class _Run:
                 gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
                 self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
                              f"({texts - encoded} cached) on {pool.describe()}{gpus}")
+                for idle in actors[len(dense):]:  # fewer sources than actors: free the rest now
+                    ray.kill(idle)
+                actor_pool = ActorPool(actors[:len(dense)])
                 seed, batch_rows = self.ctx.recipe.seed, self.ctx.batch_rows
                 jobs = [(name, rows, corpus, tmp) for name, (rows, corpus, tmp) in dense.items()]
                 for name, report in actor_pool.map_unordered(
