@@ -48,7 +48,8 @@ def _shard_bytes(res) -> dict[str, bytes]:
 
 
 class _WorkerKiller(threading.Thread):
-    """SIGKILLs the first dense encoder actor seen at work (once), as a node failure would."""
+    """SIGKILLs the first dense encoder actor of this test's Ray (a descendant of this process)
+    seen at work, once, as a node failure would."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -58,10 +59,14 @@ class _WorkerKiller(threading.Thread):
     def run(self):
         import psutil
 
+        me = psutil.Process()
         while not self.stop.is_set() and self.killed is None:
-            for p in psutil.process_iter(["cmdline"]):
-                title = (p.info["cmdline"] or [""])[0]
-                if title.startswith("ray::_DenseWorker.") and p.pid != os.getpid():
+            for p in me.children(recursive=True):
+                try:
+                    title = (p.cmdline() or [""])[0]
+                except psutil.Error:
+                    continue
+                if title.startswith("ray::_DenseWorker."):
                     os.kill(p.pid, signal.SIGKILL)
                     self.killed = title
                     return
