@@ -251,13 +251,3 @@ def test_bad_input_on_a_worker_is_one_clear_line(ray_cluster, local_build, tmp_p
         ray_engine._wait_all(ray, {"x": bad_task.remote()}, lambda *a: None)
     assert type(e.value) is NvdataError and str(e.value) == "source x, row 3: null text"
 
-
-def test_ray_address_without_a_cluster_is_one_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "nvdata.cli", "build", "--recipe", "stage2", "--sample", "--engine", "ray",
-         "--ray-address", "auto", "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 2, proc.stderr
-    assert "--ray-address auto: no Ray cluster there" in proc.stderr and "ray start --head" in proc.stderr
-    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
