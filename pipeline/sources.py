@@ -6,8 +6,9 @@ tests run the real loading code. Every source is read as a stream of Arrow batch
 incrementally, so a 64M-row source never sits in memory.
 
 Cache layout: ``CACHE/raw/<source>-<key>/`` where ``key`` hashes what the download depends on
-(Hub id, config, split, revision, column mapping, limit, mirror). Inside: ``pairs.parquet`` +
-``corpus.parquet`` (retrieval) or ``data.parquet`` (other task types), and ``meta.json``
+(Hub id, config, split, revision, column mapping, limit, the mirror's path and its files' sizes
+and mtimes); the CLI's ``CACHE`` is ``nvdata.paths.default_cache_dir()`` (``$NVDATA_CACHE``).
+Inside: ``pairs.parquet`` + ``corpus.parquet`` (retrieval) or ``data.parquet`` (other task types), and ``meta.json``
 written last. The folder is built under a temp name and renamed, so an interrupted download
 leaves nothing half-written behind.
 """
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nvdata.errors import NvdataError
-from nvdata.fsutil import staged_dir
+from nvdata.fsutil import mirror_fingerprint, staged_dir
 from nvdata.registry import SourceEntry
 from nvdata.schema import (
     RAW_CLASSIFICATION,
@@ -342,7 +343,9 @@ _TABLE_MAPPERS = {
 
 
 def download_key(entry: SourceEntry, mirror: Path | None, limit: int | None) -> str:
-    """Hash of everything the cached raw tables depend on."""
+    """Hash of everything the cached raw tables depend on: the registry entry (Hub id, config,
+    split, revision, mapping), ``limit``, and the mirror's path and files (``mirror_fingerprint``:
+    path, size, mtime of each file, as the test-set index keys on)."""
     ident = {
         "format": CACHE_FORMAT,
         "hf_id": entry.hf_id,
@@ -356,6 +359,8 @@ def download_key(entry: SourceEntry, mirror: Path | None, limit: int | None) -> 
         "score_range": list(entry.score_range),
         "limit": limit,
         "mirror": str(Path(mirror).resolve()) if mirror else None,
+        # the mirror's files, not just its path: a snapshot updated in place is re-read
+        "mirror_files": mirror_fingerprint(Path(mirror) / entry.hf_id) if mirror else None,
     }
     blob = json.dumps(ident, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:12]

@@ -324,7 +324,7 @@ def test_negatives_identical_to_rank_bm25_reference(two_sources, options):
     if cfg.max_gold_score == 1.0:
         assert report["totals"]["skipped"]["gold_above_max"] > 0
     src = report["sources"]["sts12"]
-    assert src["negative_score_quantiles"]["min"] <= src["negative_score_quantiles"]["max"]
+    assert src["scores"]["negative"]["min"] <= src["scores"]["negative"]["max"]
     assert set(report["pools"]) == ({"all"} if cfg.pool == "all" else {"sts12", "stsbenchmark"})
 
 

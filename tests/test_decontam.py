@@ -28,6 +28,7 @@ from nvdata.decontam import (
     scan_rows,
     write_report,
 )
+from nvdata.decontam.report import clip
 from nvdata.decontam.testsets import resolve_test_sets
 from nvdata.decontam.text import WindowHasher, minhash_permutations, minhash_signatures, tokenize
 from nvdata.errors import NvdataError
@@ -338,17 +339,18 @@ def test_every_plant_is_caught_by_its_method_and_clean_rows_are_kept(sample):
     assert not [h for h in hits if h["test_set"] == "MTOPDomainClassification"]  # the German decoy
     # the report names each hit, counted per source and per test set
     short = write_report(hits, counts, sample["root"] / "reports", index=index, cfg=cfg)
-    assert short["dropped"] == len(planted) and short["test_sets"] == 67 and short["by_method"]["near_dup"] >= 4
+    assert short["dropped_decontamination"] == len(planted) and short["test_sets"] == 67 and short["by_method"]["near_dup"] >= 4
     json.dumps(short)  # goes into the manifest as is
     doc = json.loads((sample["root"] / "reports" / "decontamination.json").read_text())
     mpath = sample["root"] / "reports" / "decontamination.md"
-    assert doc["totals"]["rows_dropped"] == len(planted) and len(doc["hits"]) == len(hits)
-    assert doc["sources"]["banking77"]["rows_checked"] == 32 and doc["sources"]["banking77"]["rows_dropped"] == 1
+    assert doc["totals"]["dropped_decontamination"] == len(planted) and len(doc["hits"]) == len(hits)
+    assert doc["sources"]["banking77"]["raw_rows"] == 32 and doc["sources"]["banking77"]["dropped_decontamination"] == 1
     assert doc["test_sets"]["STS22"]["rows_matched_by_method"]["near_dup"] == 1
     assert doc["test_sets"]["NQ"]["texts_indexed"] > 0
     md = mpath.read_text()
-    for p in plants:
-        assert f"| {p['test_task']} (" in md and p["test_item_id"] in md
+    for p in plants:  # each plant under its test set, beside the test text it copies
+        assert f"### {p['test_task']} (" in md and f"{p['test_item_id']}:" in md
+        assert clip(p["test_text"]) in md.replace("\\|", "|")
 
 
 def test_each_method_alone_and_its_boundaries(sample):

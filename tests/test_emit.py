@@ -92,16 +92,19 @@ def _build(tmp_path, row_files):
 def test_export_sentence_transformers_columns_with_instruction_on_the_anchor(row_files, tmp_path):
     build = _build(tmp_path, row_files)
     res = export_build(build, tmp_path / "st")
-    assert res["num_negatives"] == 1  # the most every row has
-    t = pa.concat_tables([pq.read_table(p) for p in sorted((tmp_path / "st").glob("*.parquet"))])
-    assert t.column_names == ["anchor", "positive", "negative_1"]
-    assert t.num_rows == 172 and res["dropped"] == 0
-    r = t.to_pylist()
+    # one dataset per negative count: every row keeps all its negatives (1 in 5 rows has one)
+    assert res["splits"] == {"negatives_1": 35, "negatives_2": 137} and res["negatives"] == 35 + 2 * 137
+    r = []
+    for split, n in (("negatives_1", 1), ("negatives_2", 2)):
+        t = pq.read_table(tmp_path / "st" / split)
+        assert t.column_names == ["anchor", "positive", *(f"negative_{i + 1}" for i in range(n))]
+        r += t.to_pylist()
+    assert len(r) == 172
     assert all(x["anchor"].startswith("Instruct: Retrieve things\nQuery: q ") for x in r)
     sts_pos = [x["positive"] for x in r if x["positive"].startswith("Instruct:")]
     assert len(sts_pos) == 7  # source c carries a document instruction
     res2 = export_build(build, tmp_path / "st2", num_negatives=2)
-    assert res2["rows"] + res2["dropped"] == 172 and res2["dropped"] > 0
+    assert res2["rows"] == 137 and res2["left_out"] == {"a": 24, "b": 9, "c": 2}
 
 
 def test_export_loads_in_sentence_transformers_trainer_format(row_files, tmp_path):
@@ -109,8 +112,8 @@ def test_export_loads_in_sentence_transformers_trainer_format(row_files, tmp_pat
 
     build = _build(tmp_path, row_files)
     export_build(build, tmp_path / "st")
-    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "st"), split="train")
-    assert ds.column_names == ["anchor", "positive", "negative_1"] and len(ds) == 172
+    ds = datasets.load_dataset(str(tmp_path / "st"), "negatives_2", split="train")
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and len(ds) == 137
 
 
 def test_export_jsonl_and_bad_inputs(row_files, tmp_path):
@@ -122,3 +125,62 @@ def test_export_jsonl_and_bad_inputs(row_files, tmp_path):
         export_build(build, tmp_path / "x", fmt="csv")
     with pytest.raises(NvdataError, match="not a finished nvdata build"):
         export_build(tmp_path / "nothing", tmp_path / "x")
+
+
+# -- the named counts (nvdata.counts) ------------------------------------------------------------
+
+
+def test_named_counts_come_from_the_stage_reports_with_corpus_documents_apart():
+    from nvdata import counts
+
+    decontam = {"pairs": {"checked": 55, "kept": 54, "dropped": 1, "texts": 110},
+                "corpus": {"checked": 118, "kept": 102, "dropped": 16, "texts": 118}}
+    fmt = {"rows_in": 54, "rows_out": 50, "dropped": {"empty_text": 2, "below_min_score": 0}, "duplicates": 2, "capped": 0}
+    dense = {"method": "dense", "shortfall": {"dropped": 3}}
+    c = counts.source_counts("msmarco", decontamination=decontam, format_report=fmt, mine_report=dense,
+                             rows=47, negatives_per_row=7)
+    assert c["raw_rows"] == 55 and c["corpus_documents"] == 118 and c["texts_checked"] == 228
+    assert c["dropped_decontamination"] == 1 and c["documents_dropped_decontamination"] == 16
+    assert c["dropped_format"] == 2 and c["dropped_format_by_reason"] == {"empty_text": 2}
+    assert c["duplicates_merged"] == 2 and c["dropped_shortfall"] == 3 and c["rows"] == 47
+    # the format report's `duplicates_merged` (when a stage names it so) wins; absent means 0
+    assert counts.format_counts({"duplicates_merged": 5, "duplicates": 9})["duplicates_merged"] == 5
+    assert counts.format_counts({})["duplicates_merged"] == 0
+    bm25 = {"method": "bm25", "sources": {"sts12": {"dropped": 4}}}
+    assert counts.shortfall_dropped("sts12", bm25) == 4 and counts.shortfall_dropped("x", {"method": "label"}) == 0
+    # a stage that did not record texts says so ("-"), it does not say 0
+    no_texts = counts.decontamination_counts({"sts": {"checked": 3, "kept": 3, "dropped": 0}})
+    assert no_texts["texts_checked"] is None and counts.cell("texts_checked", None) == "-"
+
+
+def test_named_counts_total_row_and_table_are_one_rendering():
+    from nvdata import counts
+
+    per = {"a": {c.key: 1 for c in counts.COLUMNS} | {"rows": 10, "negatives_per_row": 7.0},
+           "b": {c.key: 2 for c in counts.COLUMNS} | {"rows": 30, "negatives_per_row": 1.0}}
+    header, body = counts.table(per)
+    assert header[0] == "source" and header[1:] == [c.label for c in counts.COLUMNS]
+    assert body[-1][0] == "total" and body[-1][header.index("rows out")] == "40"
+    assert body[-1][header.index("negatives/row")] == "2.50"  # weighted by rows out
+    md = counts.markdown_table(per)
+    assert "| a | 1 |" in md and "| total | 3 |" in md and "*rows out*: training rows in the shards." in md
+
+
+def test_negatives_per_row_histogram_streams_batches(tmp_path):
+    from nvdata import counts
+
+    h = counts.NegativesPerRow()
+    h.add(pa.array([["x", "y"], [], ["z"]]))
+    h.add(pa.chunked_array([pa.array([["a"] * 7, ["b"]])]))
+    assert h.to_dict() == {"0": 1, "1": 2, "2": 1, "7": 1}
+    pq.write_table(pa.table({"negatives": pa.array([["x"], ["y", "z"]])}), tmp_path / "r.parquet")
+    assert counts.negatives_per_row_of(tmp_path / "r.parquet", batch_rows=1) == {"1": 1, "2": 1}
+
+
+def test_the_default_dense_miner_is_named_by_its_hub_id():
+    from nvdata.card import encoder_name
+    from nvdata.mine.encode import default_encoder_path
+
+    assert encoder_name(None) == "sentence-transformers/all-MiniLM-L6-v2 (bundled)"
+    assert encoder_name(str(default_encoder_path())).endswith("(the bundled sentence-transformers/all-MiniLM-L6-v2)")
+    assert encoder_name("intfloat/e5-mistral-7b-instruct") == "intfloat/e5-mistral-7b-instruct"

@@ -1,5 +1,6 @@
 """download: the real load_dataset path on Hub-layout mirrors, and bad inputs."""
 
+import dataclasses
 import json
 
 import pyarrow as pa
@@ -10,7 +11,7 @@ from nvdata.errors import NvdataError
 from nvdata.mirror import write_hub_repo
 from nvdata.registry import SourceEntry
 from nvdata.schema import RAW_RETRIEVAL_CORPUS, RAW_RETRIEVAL_PAIRS, RAW_STS
-from nvdata.sources import download_source
+from nvdata.sources import download_key, download_source
 
 
 def test_every_available_source_downloads_into_its_canonical_schema(train_mirror, registry, tmp_path):
@@ -138,3 +139,22 @@ def test_sts_scores_on_another_scale_are_mapped_onto_0_to_5(tmp_path):
     _toy_sts(mirror, [{"sentence1": "a", "sentence2": "b", "score": 4.5}])
     with pytest.raises(NvdataError, match="outside the registry's score_range"):
         download_source(_entry(score_range=(1.0, 4.0)), cache=tmp_path / "c", mirror=mirror, force=True)
+
+
+def test_a_mirror_updated_in_place_is_read_again(tmp_path):
+    """The cache keys on the mirror's files (size, mtime), not only its path."""
+    mirror, entry = tmp_path / "m", _entry(score_range=(0.0, 5.0))
+    _toy_sts(mirror, [{"sentence1": "a", "sentence2": "b", "score": 1.0}])
+    first = download_source(entry, cache=tmp_path / "c", mirror=mirror)
+    _toy_sts(mirror, [{"sentence1": "new", "sentence2": "snapshot", "score": 2.0},
+                      {"sentence1": "c", "sentence2": "d", "score": 3.0}])
+    again = download_source(entry, cache=tmp_path / "c", mirror=mirror)
+    assert not again.cached and again.rows == 2
+    assert again.read().column("sentence1").to_pylist() == ["new", "c"]
+    assert download_source(entry, cache=tmp_path / "c", mirror=mirror).cached  # unchanged: reused
+    assert first.path != again.path
+
+
+def test_the_source_revision_keys_the_cache(registry):
+    entry = registry["banking77"]
+    assert download_key(entry, None, None) != download_key(dataclasses.replace(entry, revision="abc123"), None, None)

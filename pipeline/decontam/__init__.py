@@ -13,7 +13,8 @@ methods, each reported on its own:
 
 A row is dropped when any checked field matches. In published rows (``scan_rows``) a
 matching negative may instead be removed from its row (``negative_policy: drop_negative``);
-either way every hit is recorded: row id, field, test set, split, item id, method, evidence.
+either way every hit is recorded: row id, field, test set, split, item id, method, evidence,
+and both texts whole (the training text and the test text it matched).
 
 Example::
 
@@ -215,12 +216,14 @@ def _scan_batch(batch, fields, list_fields, matcher, cfg, id_column, source, hit
         else:
             keep_elem[m.text] = False
         item = matcher.index.item(m.item)
-        hits.append({
+        hits.append({  # both texts whole: the report shows them side by side
+
             "source": sources[row], "row_id": str(ids[row]),
             "field": f"{names[code]}[{elem}]" if is_list else names[code],
             "action": action, "method": m.method,
             "test_set": item.task, "subset": item.subset, "split": item.split,
             "test_item_id": item.item_id, "test_field": item.field, "evidence": m.evidence,
+            "text": texts[m.text].as_py(), "test_text": item.text,
         })
     if list_fields and not keep_elem.all():
         batch = _drop_elements(batch, list_fields, len(fields), text_code, keep_elem)
@@ -301,11 +304,45 @@ def scan_rows(
 
 
 # -- audit ----------------------------------------------------------------------------------
+def _audit_mirror(manifest: dict, mirror: Path | None, where: Path) -> Path | None:
+    """The mirror to audit against: ``mirror`` if given, else the one the build recorded (the
+    bundled sample for a ``--sample`` build); None (the Hub) only for a build that used the Hub."""
+    if mirror is not None:
+        return Path(mirror)
+    if manifest.get("sample"):
+        from nvdata.paths import sample_mirror_dir
+
+        return sample_mirror_dir()
+    recorded = manifest.get("mirror")
+    if recorded is None:
+        return None
+    if not Path(recorded).is_dir():
+        raise NvdataError(f"audit: {where} was checked against the mirror {recorded}, which is not there; "
+                          "give --mirror DIR (or --sample)")
+    return Path(recorded)
+
+
+def _require_mirrored(cfg: DecontamConfig, mirror: Path) -> None:
+    """Every test set must be in ``mirror``: a missing one must not be fetched from the Hub unasked."""
+    from nvdata.decontam.testsets import repo_location, resolve_test_sets
+
+    if not Path(mirror).is_dir():
+        raise NvdataError(f"audit: mirror directory {mirror} does not exist")
+    missing = [s for s in resolve_test_sets(cfg) if repo_location(s, mirror) is None]
+    if missing:
+        shown = ", ".join(f"{s.task} ({Path(mirror) / s.path})" for s in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise NvdataError(f"audit: mirror {mirror} lacks {len(missing)} test set(s): {shown}{more}")
+
+
 def audit_build(
     out_dir: Path, *, mirror: Path | None, cache_dir: Path, cfg: DecontamConfig | None = None
 ) -> dict:
     """Re-check a finished build: manifest checksums and row counts, then every shard's rows.
 
+    ``mirror`` None means the test sets the build was checked against: the mirror or sample its
+    manifest records, else the Hub. A given (or recorded) mirror must hold every test set:
+    one it lacks is an ``NvdataError`` naming it, never a silent Hub download.
     ``cfg`` defaults to the decontamination options the build recorded in its manifest
     (``recipe.decontamination``), else the defaults. ``ok`` is false on any checksum,
     row-count or listing mismatch and on any hit (under either negative policy a finished
@@ -347,6 +384,9 @@ def audit_build(
         if extra.resolve() not in listed:
             problems.append({"file": extra.relative_to(out_dir).as_posix(), "problem": "not in manifest"})
 
+    mirror = _audit_mirror(manifest, mirror, out_dir)
+    if mirror is not None:
+        _require_mirrored(cfg, mirror)
     index = build_test_index(cfg, mirror=mirror, cache_dir=cache_dir)
     hits: list[dict] = []
     counts = DecontamCounts()
@@ -365,10 +405,11 @@ def audit_build(
         "ok": not problems and not hits,
         "manifest": str(manifest_path),
         "shards_checked": len(readable),
-        "rows_checked": summary["totals"]["rows_checked"],
+        "rows_checked": summary["totals"]["raw_rows"],  # published rows, checked as given
         "file_problems": problems,
         "hits": hits,
         "totals": summary["totals"],
         "index_key": index.key,
+        "mirror": str(mirror) if mirror is not None else None,
         "config": cfg.to_dict(),
     }

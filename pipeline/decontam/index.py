@@ -4,7 +4,8 @@ One folder per (test sets' identity + index options), named by the hash of both,
 a temporary folder and renamed into place, so an interrupted build is never read. Contents:
 
 - ``items.arrow``: one row per test text (task, subset, split, item id, field, normalized
-  text), read back only to confirm a candidate and to name it in the report;
+  text, the text as published), read back only to confirm a candidate and to show it in the
+  report beside the training text it matched;
 - ``exact_*``: the hash of every normalized test text;
 - ``ngram_*``: every n-gram hash (n = ``ngram_n``) of texts with at least n words, plus a Bloom
   filter in front of it; ``short_*``: texts of ``min_ngram_words``..n-1 words, which count as
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: items.arrow keeps the published test text (for the report)
 ITEMS_PER_BATCH = 1 << 14  # items.arrow record batch size: item i is in batch i // ITEMS_PER_BATCH
 _CHUNK = 20_000  # test texts hashed per step
 ITEM_SCHEMA = pa.schema(
@@ -67,6 +68,7 @@ ITEM_SCHEMA = pa.schema(
         ("item_id", pa.string()),
         ("field", pa.string()),
         ("norm", pa.string()),
+        ("text", pa.string()),
     ]
 )
 
@@ -170,7 +172,7 @@ class _IndexBuilder:
         item_of[idx] = self.n_items + np.arange(len(idx))
         for i in idx.tolist():
             t = chunk[i]
-            self._pending.append((t.task, t.subset, t.split, t.item_id, t.field, tb.normalized(i)))
+            self._pending.append((t.task, t.subset, t.split, t.item_id, t.field, tb.normalized(i), t.text))
         self._flush_items()
         self.item_task.append(np.full(len(idx), task_code, np.uint16))
         self.n_items += len(idx)
@@ -355,6 +357,7 @@ class TestItem:
     item_id: str
     field: str
     norm: str
+    text: str  # as published in the test set
 
 
 class TestIndex:

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nvdata.errors import NvdataError
+from nvdata.fsutil import mirror_fingerprint  # noqa: F401  (re-exported: index.py keys on it)
 
 if TYPE_CHECKING:
     from nvdata.decontam import DecontamConfig
@@ -158,16 +159,6 @@ def repo_location(spec: TestSetSpec, mirror: Path | None) -> Path | None:
     if mirror is not None and (Path(mirror) / spec.path).is_dir():
         return Path(mirror) / spec.path
     return None
-
-
-def mirror_fingerprint(repo_dir: Path) -> list:
-    """Cheap identity of a mirrored repo: every file's relative path, size and mtime."""
-    out = []
-    for p in sorted(repo_dir.rglob("*")):
-        if p.is_file() and ".cache" not in p.parts:
-            st = p.stat()
-            out.append([p.relative_to(repo_dir).as_posix(), st.st_size, st.st_mtime_ns])
-    return out
 
 
 class _Loader:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import stages
 from nvdata.engine import (
     BuildContext,
@@ -27,6 +28,7 @@ from nvdata.engine import (
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
+from nvdata.stages.io import release_memory
 from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
 
@@ -65,6 +67,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                 continue
             raw = download_source(entry, cache=cache, mirror=ctx.mirror, limit=min_limit(ctx.limit, spec.limit))
             raws[entry.name] = raw
+            release_memory()
             results[entry.name] = SourceResult(entry.name, entry.task_type, raw_rows=raw.rows,
                                                details={"download_cached": raw.cached})
             say("download", done, len(recipe.sources),
@@ -80,13 +83,14 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                                           cache_dir=cache / "test-index")
         for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = decontaminate(raw, recipe, index, cache, ctx.batch_rows)
+            release_memory()
             decontam_dirs[name] = (d, dkey)
             all_hits.extend(json.loads((d / "hits.json").read_text()))
             counts = json.loads((d / "counts.json").read_text())
             main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
             results[name].decontam_dropped = counts[main_kind]["dropped"]
             results[name].details["decontam_counts"] = counts
-            say("decontaminate", done, len(raws), f"{name}: dropped {results[name].decontam_dropped}")
+            say("decontaminate", done, len(raws), f"{name}: {named_counts.decontamination_line(counts)}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
@@ -100,6 +104,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                     fstage.format_rows(registry[name], d / raws[name].data_file.name, cfg=recipe.format,
                                        seed=recipe.seed, max_rows=specs[name].max_rows, out=tmp,
                                        batch_rows=ctx.batch_rows)
+            release_memory()
             fmt[name] = (fdir, key)
             results[name].details["format_report"] = json.loads((fdir / "report.json").read_text())
             say("format", done, len(raws), f"{name}: {pq.ParquetFile(fdir / 'rows.parquet').metadata.num_rows} rows")
@@ -133,13 +138,17 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                 with stage_folder(cache, "mine", name, fkey) as (mdir, tmp):
                     if tmp is not None:
                         mstage.no_mining(rows_file, out=tmp)
+            release_memory()
             mine_reports[name] = json.loads((mdir / "report.json").read_text())
             r = results[name]
             r.rows_file = mdir / "rows.parquet"
             r.rows, total = 0, 0
+            per_row = named_counts.NegativesPerRow()
             for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
                 r.rows += b.num_rows
                 total += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
+                per_row.add(b.column(0))
             r.mean_negatives = total / r.rows if r.rows else 0.0
+            r.details["negatives_per_row"] = per_row.to_dict()
             say("mine", done, len(raws), f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
     return StageOutputs(results, skipped, index, all_hits, mine_reports)

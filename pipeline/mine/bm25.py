@@ -60,6 +60,7 @@ import pyarrow.compute as pc
 
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
+from nvdata.mine import stats
 from nvdata.mine.okapi import TOKEN_PATTERN, OkapiIndex, Tokenizer, ranked_prefixes, stable_ranking
 from nvdata.text import normalize_text
 
@@ -71,7 +72,7 @@ ALL_POOL = "all"  # the pool's name in the report when pool == "all"
 # Candidates read past the ones the rule needs before falling back to a full sort of the row:
 # room for q+, d+ and a few gold > max_gold_score partners.
 _PREFIX_SLACK = 6
-_QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
+_HIST_BINS = 40  # score_histograms bins per source
 
 
 @dataclass(frozen=True)
@@ -408,6 +409,7 @@ class _SourceStats:
         self.skipped: Counter = Counter()
         self.negative_scores: list[float] = []
         self.positive_scores: list[float] = []
+        self.margins: list[float] = []  # positive minus each of its row's negatives
 
     def record(
         self,
@@ -421,6 +423,7 @@ class _SourceStats:
         self.mined += 1
         self.negative_scores.extend(negative_scores)
         self.positive_scores.append(positive_score)
+        self.margins.extend(positive_score - s for s in negative_scores)
         self.negatives += len(picked)
         self.skipped.update(skipped)
         self.full_sorts += int(fell_back)
@@ -446,8 +449,8 @@ class _SourceStats:
             "zero_score_negatives": int((neg <= 0).sum()),
             "full_sorts": self.full_sorts,
             "skipped": {rule: self.skipped[rule] for rule in SKIP_RULES},
-            "negative_score_quantiles": _quantiles(neg),
-            "positive_score_quantiles": _quantiles(np.asarray(self.positive_scores)),
+            **_score_summary(np.asarray(self.positive_scores, dtype=np.float64), neg,
+                             np.asarray(self.margins, dtype=np.float64)),
         }
 
 
@@ -466,11 +469,17 @@ def _totals(stats: Iterable[_SourceStats]) -> dict:
     return total
 
 
-def _quantiles(values: np.ndarray) -> dict | None:
-    if values.size == 0:
-        return None
-    q = np.quantile(values.astype(np.float64), list(_QUANTILES.values()))
-    return {name: round(float(v), 6) for name, v in zip(_QUANTILES, q)}
+def _score_summary(pos: np.ndarray, neg: np.ndarray, margin: np.ndarray) -> dict:
+    """``scores`` and ``score_histograms`` in the dense miner's schema (``mine.stats``); BM25
+    scores are unbounded, so the bins span 0 to the source's highest score."""
+    low, high = stats.value_range(pos, neg, bins=_HIST_BINS)
+    hist = stats.score_histograms(low, high, _HIST_BINS, positive=pos, negative=neg)
+    hist["removed"] = {}  # the skipped candidates' scores are not kept: counts in `skipped`
+    return {
+        "scores": {"positive": stats.score_quantiles(pos), "negative": stats.score_quantiles(neg),
+                   "margin": stats.score_quantiles(margin)},
+        "score_histograms": hist,
+    }
 
 
 def _pool_stats(index: OkapiIndex) -> dict:

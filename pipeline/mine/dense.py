@@ -47,10 +47,11 @@ import pyarrow.parquet as pq
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import filters
+from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
-from nvdata.stages.io import BATCH_ROWS, exact_batches, iter_batches, num_rows
+from nvdata.stages.io import BATCH_ROWS, RELEASE_EVERY, exact_batches, iter_batches, num_rows, release_memory
 from nvdata.text import text_hash
 
 SAMPLING = ("top", "random")
@@ -389,6 +390,7 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
         qs, texts = pending[prompt]
         q_emb[qs[:upto]] = cache.embed(texts[:upto], prompt=prompt)
         del qs[:upto], texts[:upto]
+        release_memory()
 
     r, q = 0, 0
     firsts = queries.firsts
@@ -555,10 +557,12 @@ def _output_schema(in_schema: pa.Schema) -> pa.Schema:
 def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConfig, enc: Encoder,
           cache: EmbeddingCache, seed: int, scratch: _Scratch, batch_rows: int) -> dict:
     queries, source = _group_rows(rows_files, n_rows, scratch, batch_rows)
+    release_memory()
     n_q = queries.n_q
     n_corpus = num_rows(corpus_files)
     report = _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q)
     q_emb = _embed_queries(rows_files, queries, cache, enc, cfg, seed, scratch, batch_rows)
+    release_memory()
 
     # One pass over the corpus: encode (or load) a chunk into the cache, and note where the
     # positives and the queries' own documents sit so their scores and ids come for free.
@@ -587,6 +591,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             if hq.size:
                 query_at[hq] = start + hj
             start += chunk.num_rows
+            del texts, c_emb, chunk
+            release_memory()
     del pid_order, pid_sorted, qk_order, qk_sorted
     # Positives the corpus does not hold (it should, but a source may be incomplete).
     missing = _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache,
@@ -600,6 +606,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
     chosen_scores = scratch.array("chosen_scores", (n_q, num), np.float32)
     doc_hash = scratch.array("doc_hash", n_corpus, np.int64, fill=0)  # 0 = not hashed yet
     removed = dict.fromkeys(FILTER_ORDER, 0)
+    removed_scores = {k: score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS) for k in FILTER_ORDER}
     considered = retrieved = 0
     search_seconds = filter_seconds = 0.0
     backend = None
@@ -621,8 +628,9 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
         t0 = time.perf_counter()
         block_q = _block_queries(queries, positive_at, positive_score, query_at, s, e)
         idx, sc, block_removed, block_considered = _filter_and_select(
-            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg)
+            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
         chosen_idx[s:e], chosen_scores[s:e] = idx, sc
+        release_memory()
         for k, v in block_removed.items():
             removed[k] += v
         considered += block_considered
@@ -655,6 +663,8 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
                 "without_negatives": int(counts_hist[0]),
             },
             "scores": stats["scores"],
+            "score_histograms": {**stats["score_histograms"], "removed": {
+                k: h.counts.tolist() for k, h in removed_scores.items() if h.counts.any()}},
         }
     )
     report["timing"] = {"filter_select_seconds": round(filter_seconds, 3)}
@@ -738,8 +748,11 @@ def _filter_and_select(
     doc_hash: np.ndarray,
     bq: _BlockQueries,
     cfg: DenseConfig,
+    removed_scores: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """Apply every filter in ``FILTER_ORDER`` to one block of queries and select."""
+    """Apply every filter in ``FILTER_ORDER`` to one block of queries and select; the scores of
+    the candidates each filter removes are added to ``removed_scores[filter]`` (a
+    ``mine.stats.Histogram``) when given."""
     num = cfg.num_negatives
     removed = dict.fromkeys(FILTER_ORDER, 0)
     idx, scores = cand_idx, cand_scores
@@ -761,6 +774,8 @@ def _filter_and_select(
     for name, mask_fn in steps.items():
         hit = mask_fn() & alive
         removed[name] += int(hit.sum())
+        if removed_scores is not None:
+            removed_scores[name].add(scores[hit])
         alive &= ~hit
     # The candidate list is top_k deep once positives and copies are out; the slack
     # fetched to make room for them is not part of it.
@@ -779,6 +794,8 @@ def _filter_and_select(
             continue
         hit = mask_fn() & alive
         removed[name] += int(hit.sum())
+        if removed_scores is not None:
+            removed_scores[name].add(scores[hit])
         alive &= ~hit
 
     pos = select_top(alive, num) if cfg.sampling == "top" else select_random(alive, num, bq.seeds)
@@ -804,7 +821,7 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
     neg_vals = scratch.array("summary_neg", n_rows * num, np.float64)
     margin_vals = scratch.array("summary_margin", n_rows * num, np.float64)
     n_pos = n_neg = 0
-    r = 0
+    r = batches_done = 0
     with pq.ParquetWriter(out_file, out_schema, compression="zstd") as writer:
         for b in iter_batches(rows_files, batch_rows=batch_rows):
             n = b.num_rows
@@ -845,20 +862,28 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
             n_pos += len(kp)
             n_neg += len(kn)
             r += n
+            batches_done += 1
+            if batches_done % RELEASE_EVERY == 0:
+                release_memory()
+    # One schema with the BM25 miner (mine.stats): quantiles, and histograms on fixed cosine bins;
+    # computed from the scratch files a chunk at a time (never a whole copy in memory).
+    histograms = {"low": float(score_stats.COSINE_RANGE[0]), "high": float(score_stats.COSINE_RANGE[1]),
+                  "bins": int(score_stats.COSINE_BINS)}
+    for name, values in (("positive", pos_vals[:n_pos]), ("negative", neg_vals[:n_neg])):
+        h = score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS)
+        for i in range(0, len(values), 1 << 20):
+            h.add(values[i : i + (1 << 20)])
+        histograms[name] = h.counts.tolist()
     scores = {"positive": _quantiles(pos_vals[:n_pos]), "negative": _quantiles(neg_vals[:n_neg]),
               "margin": _quantiles(margin_vals[:n_neg])}
-    return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores}
-
-
-_QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
+    return {"hist": hist, "kept": kept_total, "short_kept": short_kept, "total": neg_total, "scores": scores,
+            "score_histograms": histograms}
 
 
 def _quantiles(values: np.ndarray) -> dict:
-    """Count, mean and quantiles of float64 ``values`` (a scratch array, sorted in place).
-
-    Equal to ``np.quantile`` (linear method) on the finite values: each quantile is numpy's
-    own interpolation between the two order statistics it falls between, so a memory-mapped
-    array is never copied whole into memory.
+    """:func:`nvdata.mine.stats.score_quantiles` of float64 ``values`` (a scratch array, sorted
+    in place): each quantile is numpy's own interpolation between the two order statistics it
+    falls between, so the result is the same and a memory-mapped array is never copied whole.
     """
     if not all(np.isfinite(values[i : i + (1 << 20)]).all() for i in range(0, len(values), 1 << 20)):
         values = values[np.isfinite(values)]  # rare (a NaN score): a copy of the finite ones
@@ -867,11 +892,11 @@ def _quantiles(values: np.ndarray) -> dict:
     out = {"count": int(values.size), "mean": round(float(values.mean()), 6)}
     values.sort()
     n = values.size
-    for q in _QUANTILES:
+    for name, q in score_stats.QUANTILES.items():
         at = q * (n - 1)
         lo = int(np.floor(at))
         pair = np.array([values[lo], values[min(lo + 1, n - 1)]], dtype=np.float64)
-        out[f"q{int(q * 100):02d}"] = round(float(np.quantile(pair, at - lo)), 6)
+        out[name] = round(float(np.quantile(pair, at - lo)), 6)
     return out
 
 

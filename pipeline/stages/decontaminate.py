@@ -44,16 +44,19 @@ def decontaminate_batches(
     index: decontam.TestIndex,
     cfg: decontam.DecontamConfig,
     hits: list[dict],
+    counts: decontam.DecontamCounts | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """Yield each raw batch of table ``kind`` without its contaminated rows; hits go to ``hits``.
 
     ``kind`` is ``pairs`` / ``corpus`` (retrieval), ``classification``, ``clustering`` or
-    ``sts``; each hit is tagged with it (``hit["table"]``).
+    ``sts``; each hit is tagged with it (``hit["table"]``). ``counts`` adds up the rows and
+    texts checked.
     """
     id_col = "doc_id" if kind == "corpus" else "row_index"
     start = len(hits)
     for clean in decontam.iter_decontaminate(
-        batches, DECONTAM_FIELDS[kind], index=index, cfg=cfg, id_column=id_col, source=source, hits=hits
+        batches, DECONTAM_FIELDS[kind], index=index, cfg=cfg, id_column=id_col, source=source, hits=hits,
+        counts=counts,
     ):
         for h in hits[start:]:
             h.setdefault("table", kind)
@@ -72,19 +75,21 @@ def decontaminate_source(
     """Stream every raw table of ``raw`` through :func:`decontaminate_batches` into ``out``.
 
     Returns ``counts`` (also written to ``out/counts.json``): per table, rows checked, kept,
-    dropped.
+    dropped, and the texts checked (``nvdata.counts`` names them for the reports).
     """
     hits: list[dict] = []
     counts = {}
     for kind, path in raw_tables(raw):
         schema = pq.read_schema(path)
         checked = pq.ParquetFile(path).metadata.num_rows
+        texts = decontam.DecontamCounts()
         kept = write_batches(
             Path(out) / path.name, schema,
             decontaminate_batches(iter_batches(path, batch_rows=batch_rows), kind=kind, source=raw.name,
-                                  index=index, cfg=cfg, hits=hits),
+                                  index=index, cfg=cfg, hits=hits, counts=texts),
         )
-        counts[kind] = {"checked": checked, "kept": kept, "dropped": checked - kept}
+        counts[kind] = {"checked": checked, "kept": kept, "dropped": checked - kept,
+                        "texts": texts.sources.get(raw.name, {}).get("texts_checked", 0)}
     emit.write_json(Path(out) / "hits.json", hits)
     emit.write_json(Path(out) / "counts.json", counts)
     return counts

