@@ -7,6 +7,7 @@ placement path on a CPU-only machine (torch still finds no CUDA and runs on the 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,7 +109,8 @@ def test_ray_shards_are_byte_identical_to_the_local_engines(ray_build, local_bui
     res = ray_build[0]
     assert _shard_bytes(res) == _shard_bytes(local_build)
     for key in ("shards", "sources", "decontamination", "total_rows"):
-        assert res.manifest[key] == local_build.manifest[key]
+        assert json.dumps(res.manifest[key], sort_keys=True, indent=1) == \
+            json.dumps(local_build.manifest[key], sort_keys=True, indent=1), key
 
 
 def test_a_crashed_driver_resumes_from_the_stage_cache(ray_build, local_build):

@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nvdata import counts as named_counts
 from nvdata import stages
 from nvdata.engine import (
     BuildContext,
@@ -333,14 +334,18 @@ class _Decontaminator:
         return pa.table({"task": batch.column("task"), "result": pa.array(results, pa.string())})
 
     def decontaminate_part(self, t: dict) -> dict:
+        from nvdata.decontam import DecontamCounts
+
         path = Path(t["path"])
         hits: list[dict] = []
+        texts = DecontamCounts()
         kept = _write_part(
             Path(t["out"]) / part_name(path.stem, t["part"]), pq.read_schema(path),
             dstage.decontaminate_batches(
                 iter_row_range(path, t["start"], t["stop"], self.batch_rows), kind=t["kind"],
-                source=t["source"], index=self.index, cfg=self.cfg, hits=hits))
-        return {"kept": kept, "hits": hits}
+                source=t["source"], index=self.index, cfg=self.cfg, hits=hits, counts=texts))
+        return {"kept": kept, "hits": hits,
+                "texts": texts.sources.get(t["source"], {}).get("texts_checked", 0)}
 
 
 class _DenseWorker:
@@ -545,13 +550,14 @@ class _Run:
         for kind, path, _ in tables:
             mine = sorted((it for it in items if it["source"] == name and it["kind"] == kind),
                           key=lambda it: it["part"])
-            kept = 0
+            kept = texts = 0
             for it in mine:
                 o = outcome[(name, kind, it["part"])]
                 hits.extend(o["hits"])
                 kept += o["kept"]
+                texts += o["texts"]
             checked = pq.ParquetFile(path).metadata.num_rows
-            counts[kind] = {"checked": checked, "kept": kept, "dropped": checked - kept}
+            counts[kind] = {"checked": checked, "kept": kept, "dropped": checked - kept, "texts": texts}
         emit.write_json(tmp / "hits.json", hits)
         emit.write_json(tmp / "counts.json", counts)
         staged.finish(name)
@@ -616,10 +622,13 @@ class _Run:
             r = self.results[name]
             r.rows_file = mdirs[name] / "rows.parquet"
             r.rows, negatives = 0, 0
+            per_row = named_counts.NegativesPerRow()
             for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
                 r.rows += b.num_rows
                 negatives += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
+                per_row.add(b.column(0))
             r.mean_negatives = negatives / r.rows if r.rows else 0.0
+            r.details["negatives_per_row"] = per_row.to_dict()
             ctx.say("mine", done, total, f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
 
         encoder = None
