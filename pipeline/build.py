@@ -87,6 +87,12 @@ def run_build(
 
     if sample and mirror is not None:
         raise NvdataError("give either --mirror or --sample, not both")
+    if ray_address is not None and engine != "ray":
+        raise NvdataError("--ray-address needs --engine ray")
+    if engine == "ray":  # before any work (--force included): without Ray, say how to install it
+        from nvdata.engine.ray import import_ray
+
+        import_ray()
     if sample:
         mirror = sample_mirror_dir()
     if max_rows_per_source is not None:

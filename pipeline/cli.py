@@ -37,7 +37,9 @@ def _run(fn, *args, on_interrupt=RESUME, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NvdataError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}")  # a message's [brackets] are text, not markup
         raise typer.Exit(2)
     except KeyboardInterrupt:
         err.print(f"[yellow]{on_interrupt() if callable(on_interrupt) else on_interrupt}[/]")
@@ -45,7 +47,9 @@ def _run(fn, *args, on_interrupt=RESUME, **kwargs):
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
 
 
@@ -284,6 +288,8 @@ def build_cmd(
     force: Annotated[bool, typer.Option("--force", help="Ignore every cached stage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it is a non-empty folder that is not an earlier build.")] = False,
     max_rows_per_source: Annotated[Optional[int], typer.Option("--max-rows-per-source", min=1, help="Cap every source's formatted rows at N (seeded sample; a source's own max_rows still applies).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) | ray (a Ray cluster; needs nvdata[ray]).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: the cluster to join ('auto': the one `ray start` runs on this node); default: start a local Ray.")] = None,
 ):
     """Run a recipe end to end: download -> decontaminate -> format -> mine -> write.
 
@@ -309,7 +315,8 @@ def build_cmd(
 
         res = _run(run_build, rec, out=out, mirror=_mirror(mirror, False), sample=sample, encoder=encoder,
                    device=device, limit=limit, force=force, cache=_default_cache(cache), overwrite=overwrite,
-                   progress=on_progress, max_rows_per_source=max_rows_per_source)
+                   progress=on_progress, max_rows_per_source=max_rows_per_source, engine=engine,
+                   ray_address=ray_address)
     _print_build_summary(rec.name, res)
 
 

@@ -1,0 +1,710 @@
+"""The Ray executor (``nvdata build --engine ray``): the same stages, scheduled on a Ray cluster.
+
+It calls the stage functions of :mod:`nvdata.stages` that :mod:`nvdata.engine.local` calls,
+fills the same stage folders under the same keys, and hands the write step the same files, so
+the shards are byte-identical to the local engine's and a build started on one engine resumes
+on the other. What runs where:
+
+=============  ===========================================================================
+download       one Ray task per source.
+decontaminate  Ray Data ``map_batches`` over the raw tables' parts (runs of whole
+               ``batch_rows`` batches) on an actor pool: each actor opens the memory-mapped
+               test index once. Part ``i`` of table ``T`` is written as ``T-0000i.parquet``;
+               one task per table then joins the parts, in part order, into ``T.parquet``.
+format         one task per source (retrieval / STS formatting drops duplicate ids across
+               batches, so a source is one ordered stream; classification / clustering
+               draw from whole-source label pools).
+mine           dense: Ray Data ``map_batches`` of corpus chunks on an actor pool of encoders
+               (``num_gpus=1`` each where the cluster has GPUs, a CPU share otherwise; the
+               model is loaded once per actor) into the content-keyed embedding cache; then
+               one search task per source runs the local miner, which finds every corpus chunk
+               in the cache and embeds only its queries. bm25: one task per STS source.
+               none (classification, clustering): the driver copies the formatted rows.
+write          the driver, with the code the local engine uses (:func:`nvdata.build.run_build`).
+=============  ===========================================================================
+
+Determinism: every output is named by its input's position (source, table, part index, chunk
+start) and results are gathered by those keys, never by arrival order.
+
+Resources: actor pools are sized from ``ray.cluster_resources()`` (:func:`plan_pool`) so
+that they always leave CPUs for the tasks feeding them. A fixed pool of 2 actors at the
+default 1 CPU each on a 2-CPU machine holds both CPUs and waits forever for its input.
+
+Failures: Ray re-runs a task whose worker died (``max_retries``) and Ray Data restarts a dead
+actor and re-sends its batch. Part files are written under a temp name and renamed, so a
+re-run overwrites a half-written part. A killed driver loses only unfinished stage folders;
+the next build resumes from the stage cache like the local engine.
+
+The cache folder (``--cache``, default beside ``--out``) must be on a filesystem every node
+of the cluster reaches at the same path; so must the mirror and the encoder's files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from nvdata import counts as named_counts
+from nvdata import stages
+from nvdata.engine import (
+    BuildContext,
+    SourceResult,
+    StageOutputs,
+    bm25_key,
+    decontaminate_key,
+    dense_key,
+    format_key,
+    instructions_key,
+    stage_folder,
+)
+from nvdata.engine.local import min_limit
+from nvdata.errors import NvdataError
+from nvdata.sources import RawSource, download_source, obtainable
+from nvdata.stages import decontaminate as dstage
+from nvdata.stages import format as fstage
+from nvdata.stages import mine as mstage
+from nvdata.stages.io import exact_batches, write_batches
+
+INSTALL_HINT = "--engine ray needs Ray: pip install 'nvdata[ray]'"
+TASK_RETRIES = 3  # re-runs of a task whose worker died
+PART_BATCHES_MAX = 16  # a decontamination part is at most this many batches
+
+
+def import_ray():
+    """``ray`` (with Ray Data), or an :class:`NvdataError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise NvdataError(INSTALL_HINT) from None
+    return ray
+
+
+@contextmanager
+def ray_session(address: str | None):
+    """Join the cluster at ``address`` (``auto``: the one ``ray start`` set up on this node), or
+    start a local Ray on this machine's CPUs when None. A session already open in this process
+    (a test's, a notebook's) is used as it is and left open."""
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    try:  # "local": a new Ray on this machine's CPUs (as Ray counts them, cgroup limits included)
+        ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    except ConnectionError as e:
+        raise NvdataError(f"--ray-address {address}: no Ray cluster there ({e}); "
+                          "start one with `ray start --head`") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pool:
+    """An actor pool: ``size`` actors of ``num_cpus`` CPUs and ``num_gpus`` GPUs each."""
+
+    size: int
+    num_cpus: float
+    num_gpus: float = 0.0
+
+    def describe(self) -> str:
+        gpu = f" + {self.num_gpus:g} GPU" if self.num_gpus else ""
+        return f"{self.size} actor(s) of {self.num_cpus:g} CPU{gpu}"
+
+
+def plan_pool(cpus: float, gpus: float, nodes: int, work: int, *, gpu: bool = False) -> Pool:
+    """Size a stage's actor pool so it can never starve its own input.
+
+    ``cpus``/``gpus``/``nodes``: the cluster's totals (``ray.cluster_resources()``); ``work``:
+    the number of input items (no more actors than that). One CPU per node (at most half the
+    CPUs) stays outside the pool for the tasks that read and feed it. CPU stages get one actor
+    per CPU with an equal share of the rest (2 CPUs: 2 actors of 0.5); GPU stages (``gpu``
+    and the cluster has GPUs) one actor per GPU, ``num_gpus=1`` each (a declared fraction
+    below 1 as it is), with up to one CPU each for tokenizing.
+    """
+    reserve = min(float(max(nodes, 1)), cpus / 2)
+    budget = max(cpus - reserve, 0.0)
+    work = max(int(work), 1)
+    if gpu and gpus > 0:
+        size = max(1, min(work, int(gpus)))
+        num_gpus = 1.0 if gpus >= 1 else float(gpus)
+    else:
+        size = max(1, min(work, int(cpus)))
+        num_gpus = 0.0
+    num_cpus = math.floor(min(1.0, budget / size) * 1e4) / 1e4  # Ray's resource granularity
+    return Pool(size, num_cpus, num_gpus)
+
+
+def _cluster(ray) -> tuple[float, float, int]:
+    res = ray.cluster_resources()
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0)), max(nodes, 1)
+
+
+def _map_over_pool(ray, items: list[dict], fn_class, pool: Pool, **constructor_kwargs):
+    """``(task, result)`` dicts of ``fn_class`` applied to each item (JSON) on an actor pool, in
+    completion order (callers key the results by their task, never by position).
+
+    Ray Data does not carry a UDF's exception class back to the driver, so the actors return
+    bad input as ``{"error": message}`` and it is raised here as the NvdataError it was."""
+    ds = ray.data.from_items([{"task": json.dumps(it)} for it in items], override_num_blocks=len(items))
+    rows = ds.map_batches(
+        fn_class, batch_size=1, batch_format="pyarrow", fn_constructor_kwargs=constructor_kwargs,
+        compute=ray.data.ActorPoolStrategy(size=pool.size), num_cpus=pool.num_cpus,
+        num_gpus=pool.num_gpus or None,
+    ).iter_rows()
+    try:
+        for row in rows:
+            task, result = json.loads(row["task"]), json.loads(row["result"])
+            if "error" in result:
+                raise NvdataError(result["error"])
+            yield task, result
+    except NvdataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise _unwrap(e) from None
+
+
+def _as_result(work) -> str:
+    """``work()`` as a JSON result row of :func:`_map_over_pool`; bad input as ``{"error"}``."""
+    try:
+        return json.dumps(work())
+    except NvdataError as e:
+        return json.dumps({"error": str(e)})
+
+
+def _configure_ray_data(ray) -> None:
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # nvdata reports per source, like the local engine
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The NvdataError a task or actor raised, out of Ray's wrappers (else ``error``), so bad
+    input still ends as one line and exit 2, as on the local engine."""
+    seen = error
+    while seen is not None:
+        cause = getattr(seen, "cause", None)  # RayTaskError keeps the original here
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause
+        elif isinstance(seen, NvdataError):
+            return NvdataError(*seen.args)
+        else:
+            seen = seen.__cause__ or seen.__context__
+    return error
+
+
+# -- staged folders that finish one by one ---------------------------------------------------------
+
+
+class _OpenStages:
+    """Stage folders (:func:`nvdata.engine.stage_folder`) open at once, each published as soon
+    as its source's work is done; on an error the unfinished ones are deleted (finished ones
+    stay, so the next run resumes from them)."""
+
+    def __init__(self):
+        self._open: dict[str, tuple[object, Path]] = {}
+
+    def open(self, cache: Path, stage: str, name: str, key: str) -> tuple[Path, Path | None]:
+        cm = stage_folder(cache, stage, name, key)
+        final, tmp = cm.__enter__()
+        if tmp is None:
+            cm.__exit__(None, None, None)
+        else:
+            self._open[name] = (cm, final)
+        return final, tmp
+
+    def finish(self, name: str) -> Path:
+        cm, final = self._open.pop(name)
+        cm.__exit__(None, None, None)
+        return final
+
+    def abort(self, exc: BaseException) -> None:
+        for cm, _ in self._open.values():
+            try:
+                cm.__exit__(type(exc), exc, exc.__traceback__)
+            except BaseException:  # noqa: BLE001 - the original error is what the user needs
+                pass
+        self._open.clear()
+
+
+@contextmanager
+def _staged():
+    stages_ = _OpenStages()
+    try:
+        yield stages_
+    except BaseException as e:
+        stages_.abort(e)
+        raise
+
+
+def _wait_all(ray, refs: dict, on_done) -> None:
+    """``on_done(key, value)`` for each ``refs[key]`` as it finishes (any order)."""
+    by_ref = {ref: key for key, ref in refs.items()}
+    pending = list(by_ref)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            try:
+                value = ray.get(ref)
+            except Exception as e:  # noqa: BLE001
+                raise _unwrap(e) from None
+            on_done(by_ref[ref], value)
+
+
+# -- reading a row range in the local engine's batches ----------------------------------------------
+
+
+def iter_row_range(path: Path, start: int, stop: int, batch_rows: int):
+    """Rows ``[start, stop)`` of a Parquet file as record batches of ``batch_rows`` rows.
+
+    With ``start`` a multiple of ``batch_rows`` the batches are exactly the ones the local
+    engine's :func:`nvdata.stages.iter_batches` yields for the same rows, so a per-batch map
+    gives the same output (and the same order of hits) on either engine.
+    """
+    pf = pq.ParquetFile(path)
+    groups, first, pos = [], None, 0
+    for i in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(i).num_rows
+        if pos + n > start and pos < stop:
+            groups.append(i)
+            first = pos if first is None else first
+        pos += n
+    if not groups:
+        return
+
+    def sliced():
+        skip, left = start - first, stop - start
+        for b in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
+            if skip >= b.num_rows:
+                skip -= b.num_rows
+                continue
+            b = b.slice(skip, left)
+            skip, left = 0, left - b.num_rows
+            yield b
+            if left <= 0:
+                return
+
+    for table in exact_batches(sliced(), batch_rows):
+        yield from table.combine_chunks().to_batches()
+
+
+def part_name(table: str, part: int) -> str:
+    return f"{table}-{part:05d}.parquet"
+
+
+def _write_part(dest: Path, schema: pa.Schema, batches) -> int:
+    """Write a part under a temp name, then rename: a retried task never sees half a file."""
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    rows = write_batches(tmp, schema, batches)
+    os.replace(tmp, dest)
+    return rows
+
+
+# -- remote work ------------------------------------------------------------------------------------
+
+
+class _Decontaminator:
+    """Ray Data actor: the test index opened once, then one raw part per call."""
+
+    def __init__(self, index_path: str, cfg, batch_rows: int):
+        from nvdata.decontam import TestIndex
+
+        self.index = TestIndex.load(Path(index_path))
+        self.cfg, self.batch_rows = cfg, batch_rows
+
+    def __call__(self, batch: pa.Table) -> dict:
+        results = [_as_result(lambda: self.decontaminate_part(json.loads(t)))
+                   for t in batch.column("task").to_pylist()]
+        return pa.table({"task": batch.column("task"), "result": pa.array(results, pa.string())})
+
+    def decontaminate_part(self, t: dict) -> dict:
+        from nvdata.decontam import DecontamCounts
+
+        path = Path(t["path"])
+        hits: list[dict] = []
+        texts = DecontamCounts()
+        kept = _write_part(
+            Path(t["out"]) / part_name(path.stem, t["part"]), pq.read_schema(path),
+            dstage.decontaminate_batches(
+                iter_row_range(path, t["start"], t["stop"], self.batch_rows), kind=t["kind"],
+                source=t["source"], index=self.index, cfg=self.cfg, hits=hits, counts=texts))
+        return {"kept": kept, "hits": hits,
+                "texts": texts.sources.get(t["source"], {}).get("texts_checked", 0)}
+
+
+class _DenseWorker:
+    """Ray actor serving the whole dense mine stage: the encoder is loaded once, then it embeds
+    corpus chunks into the content-keyed cache and mines sources (queries embedded here too)."""
+
+    def __init__(self, stage: mstage.DenseEncoder, cache_dir: str):
+        import ray
+
+        self.stage, self.enc = stage, stage.setup()
+        self.cache_dir = Path(cache_dir)
+        self.gpus = len(ray.get_gpu_ids())
+
+    def embed_chunk(self, path: str, start: int, stop: int) -> dict:
+        """Rows ``[start, stop)`` of a corpus table, embedded as one cache file (kept if there)."""
+        from nvdata.mine.encode import EmbeddingCache, default_num_workers
+
+        cfg = self.stage.cfg
+        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.enc.device)
+        prompt = self.enc.prompt("document") if cfg.document_prompt == "model" else None
+        texts = [s for b in iter_row_range(Path(path), start, stop, cfg.chunk_size)
+                 for s in b.column("text").to_pylist()]
+        with EmbeddingCache(self.cache_dir, self.enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
+            cached = cache.path_for(texts, prompt).exists()
+            if not cached:
+                cache.embed(texts, prompt=prompt)
+        return {"texts": len(texts), "cached": cached, "gpus": self.gpus}
+
+    def mine(self, name: str, rows_file, corpus_file, seed: int, out, batch_rows: int) -> tuple[str, dict]:
+        """One source's dense negatives (:func:`nvdata.stages.mine.mine_dense`) into ``out``."""
+        return name, mstage.mine_dense(rows_file, corpus_file, cfg=self.stage.cfg, encoder=self.stage,
+                                       cache_dir=self.cache_dir, seed=seed, out=out, batch_rows=batch_rows)
+
+
+def _remote_functions(ray):
+    @ray.remote(max_retries=TASK_RETRIES)
+    def download(entry, cache, mirror, limit):
+        return download_source(entry, cache=cache, mirror=mirror, limit=limit)
+
+    @ray.remote(max_retries=TASK_RETRIES)
+    def join_parts(parts: list[str], dest: str) -> int:
+        """The parts of one table, in part order, as one file (the name the local engine writes)."""
+        if Path(dest).exists() and not all(Path(p).exists() for p in parts):  # a re-run of a finished join
+            return pq.ParquetFile(dest).metadata.num_rows
+        if len(parts) == 1:
+            os.replace(parts[0], dest)
+            return pq.ParquetFile(dest).metadata.num_rows
+        schema = pq.read_schema(parts[0])
+        rows = _write_part(Path(dest), schema, (b for p in parts for b in pq.ParquetFile(p).iter_batches()))
+        for p in parts:
+            Path(p).unlink()
+        return rows
+
+    @ray.remote(max_retries=TASK_RETRIES)
+    def format_source(entry, clean_raw, cfg, seed, max_rows, out, batch_rows):
+        return fstage.format_rows(entry, clean_raw, cfg=cfg, seed=seed, max_rows=max_rows, out=out,
+                                  batch_rows=batch_rows)
+
+    @ray.remote(max_retries=TASK_RETRIES)
+    def mine_bm25(rows_file, pools, cfg, out):
+        return mstage.mine_bm25(rows_file, pools, cfg=cfg, out=out)
+
+    return download, join_parts, format_source, mine_bm25
+
+
+# -- the executor -----------------------------------------------------------------------------------
+
+
+def run_stages(ctx: BuildContext) -> StageOutputs:
+    """Run download -> decontaminate -> format -> mine on Ray (see the module docstring)."""
+    with ray_session(ctx.ray_address) as ray:
+        _configure_ray_data(ray)
+        return _Run(ray, ctx).stages()
+
+
+class _Run:
+    def __init__(self, ray, ctx: BuildContext):
+        self.ray, self.ctx = ray, ctx
+        self.cpus, self.gpus, self.nodes = _cluster(ray)
+        self.download_task, self.join_task, self.format_task, self.bm25_task = _remote_functions(ray)
+        self.results: dict[str, SourceResult] = {}
+        self.skipped: dict[str, str] = {}
+
+    def stages(self) -> StageOutputs:
+        ctx = self.ctx
+        with ctx.timer("download"):
+            raws = self.download()
+        if not raws:
+            raise NvdataError(f"recipe {ctx.recipe.name!r}: no source could be built")
+        with ctx.timer("decontaminate"):
+            index, decontam_dirs, hits = self.decontaminate(raws)
+        with ctx.timer("format"):
+            fmt = self.format(raws, decontam_dirs)
+        with ctx.timer("mine"):
+            mine_reports = self.mine(raws, decontam_dirs, fmt)
+        return StageOutputs(self.results, self.skipped, index, hits, mine_reports)
+
+    # 1. download: a task per source
+    def download(self) -> dict[str, RawSource]:
+        ctx, reg = self.ctx, self.ctx.registry
+        refs, order = {}, [s.name for s in ctx.recipe.sources]
+        total, done = len(order), 0
+        for spec in ctx.recipe.sources:
+            entry = reg[spec.name]
+            if not obtainable(entry, ctx.mirror):
+                self.skipped[entry.name] = f"not publicly available: {entry.unavailable_reason}"
+                done += 1
+                ctx.say("download", done, total, f"{entry.name}: SKIPPED ({self.skipped[entry.name]})")
+                continue
+            limit = min_limit(ctx.limit, spec.limit)
+            refs[entry.name] = self.download_task.remote(entry, ctx.cache, ctx.mirror, limit)
+        got: dict[str, RawSource] = {}
+
+        def done_one(name, raw):
+            nonlocal done
+            done += 1
+            got[name] = raw
+            ctx.say("download", done, total, f"{name}: {raw.rows} rows{' (cached)' if raw.cached else ''}")
+
+        _wait_all(self.ray, refs, done_one)
+        raws = {n: got[n] for n in order if n in got}  # recipe order, not arrival order
+        for name, raw in raws.items():
+            self.results[name] = SourceResult(name, raw.task_type, raw_rows=raw.rows,
+                                              details={"download_cached": raw.cached})
+        return raws
+
+    # 2. decontaminate: map_batches over the raw parts on an actor pool
+    def decontaminate(self, raws: dict[str, RawSource]):
+        from nvdata import decontam
+
+        ctx, recipe = self.ctx, self.ctx.recipe
+        index = decontam.build_test_index(recipe.decontamination, mirror=ctx.mirror,
+                                          cache_dir=ctx.cache / "test-index")
+        folders: dict[str, tuple[Path, str]] = {}
+        say_total, said = len(raws), 0
+        with _staged() as staged:
+            todo: dict[str, list[tuple[str, Path, Path]]] = {}  # source -> (table, raw file, stage tmp)
+            for name, raw in raws.items():
+                key = decontaminate_key(raw.path.name, recipe, index.key)
+                final, tmp = staged.open(ctx.cache, "decontaminate", name, key)
+                folders[name] = (final, key)
+                if tmp is None:
+                    said += 1
+                    self._decontaminated(name, final, said, say_total)
+                else:
+                    todo[name] = [(kind, path, tmp) for kind, path in dstage.raw_tables(raw)]
+            items = self._parts(todo)
+            if items:
+                pool = self._pool(len(items))
+                outcome: dict[tuple, dict] = {}
+                left = {name: sum(1 for it in items if it["source"] == name) for name in todo}
+                joins: dict[tuple[str, str], object] = {}
+                for t, result in _map_over_pool(self.ray, items, _Decontaminator, pool, index_path=str(index.path),
+                                                cfg=recipe.decontamination, batch_rows=ctx.batch_rows):
+                    outcome[(t["source"], t["kind"], t["part"])] = result
+                    left[t["source"]] -= 1
+                    if left[t["source"]] == 0:  # every part of this source is clean: join them
+                        for kind, path, tmp in todo[t["source"]]:
+                            parts = [str(Path(it["out"]) / part_name(path.stem, it["part"]))
+                                     for it in items if it["source"] == t["source"] and it["kind"] == kind]
+                            joins[(t["source"], kind)] = self.join_task.remote(parts, str(tmp / path.name))
+                joined: dict[str, set] = {name: set() for name in todo}
+
+                def table_joined(key, _rows):
+                    nonlocal said
+                    name, kind = key
+                    joined[name].add(kind)
+                    if len(joined[name]) == len(todo[name]):
+                        self._finish_decontaminate(name, todo[name], items, outcome, staged)
+                        said += 1
+                        self._decontaminated(name, folders[name][0], said, say_total)
+
+                _wait_all(self.ray, joins, table_joined)
+        hits: list[dict] = []
+        for name in raws:  # recipe order
+            hits.extend(json.loads((folders[name][0] / "hits.json").read_text()))
+        return index, folders, hits
+
+    def _parts(self, todo) -> list[dict]:
+        """Each raw table cut into parts of whole batches (``batch_rows``), enough parts to
+        keep every CPU busy, at most ``PART_BATCHES_MAX`` batches each."""
+        br = self.ctx.batch_rows
+        sizes = {(name, kind): pq.ParquetFile(path).metadata.num_rows
+                 for name, tables in todo.items() for kind, path, _ in tables}
+        batches = sum(max(1, math.ceil(n / br)) for n in sizes.values())
+        per_part = min(PART_BATCHES_MAX, max(1, math.ceil(batches / (4 * max(self.cpus, 1)))))
+        items = []
+        for name, tables in todo.items():
+            for kind, path, tmp in tables:
+                n = sizes[(name, kind)]
+                step = per_part * br
+                for part, start in enumerate(range(0, max(n, 1), step)):
+                    items.append({"source": name, "kind": kind, "path": str(path), "part": part,
+                                  "start": start, "stop": min(start + step, n), "out": str(tmp)})
+        return items
+
+    def _finish_decontaminate(self, name, tables, items, outcome, staged) -> None:
+        from nvdata import emit
+
+        tmp = tables[0][2]
+        hits, counts = [], {}
+        for kind, path, _ in tables:
+            mine = sorted((it for it in items if it["source"] == name and it["kind"] == kind),
+                          key=lambda it: it["part"])
+            kept = texts = 0
+            for it in mine:
+                o = outcome[(name, kind, it["part"])]
+                hits.extend(o["hits"])
+                kept += o["kept"]
+                texts += o["texts"]
+            checked = pq.ParquetFile(path).metadata.num_rows
+            counts[kind] = {"checked": checked, "kept": kept, "dropped": checked - kept, "texts": texts}
+        emit.write_json(tmp / "hits.json", hits)
+        emit.write_json(tmp / "counts.json", counts)
+        staged.finish(name)
+
+    def _decontaminated(self, name: str, folder: Path, done: int, total: int) -> None:
+        counts = json.loads((folder / "counts.json").read_text())
+        task_type = self.ctx.registry[name].task_type
+        main_kind = "pairs" if task_type == "retrieval" else task_type
+        r = self.results[name]
+        r.decontam_dropped = counts[main_kind]["dropped"]
+        r.details["decontam_counts"] = counts
+        self.ctx.say("decontaminate", done, total, f"{name}: dropped {r.decontam_dropped}")
+
+    def _pool(self, work: int, *, gpu: bool = False) -> Pool:
+        return plan_pool(self.cpus, self.gpus, self.nodes, work, gpu=gpu)
+
+    # 3. format: a task per source
+    def format(self, raws, decontam_dirs) -> dict[str, tuple[Path, str]]:
+        ctx, recipe, reg = self.ctx, self.ctx.recipe, self.ctx.registry
+        instr_key, specs = instructions_key(), ctx.specs
+        fmt: dict[str, tuple[Path, str]] = {}
+        total, done = len(raws), 0
+
+        def formatted(name):
+            nonlocal done
+            done += 1
+            fdir = fmt[name][0]
+            self.results[name].details["format_report"] = json.loads((fdir / "report.json").read_text())
+            rows = pq.ParquetFile(fdir / "rows.parquet").metadata.num_rows
+            ctx.say("format", done, total, f"{name}: {rows} rows")
+
+        with _staged() as staged:
+            refs = {}
+            for name in raws:
+                d, dkey = decontam_dirs[name]
+                key = format_key(dkey, recipe, instr_key, specs[name].max_rows)
+                fdir, tmp = staged.open(ctx.cache, "format", name, key)
+                fmt[name] = (fdir, key)
+                if tmp is None:
+                    formatted(name)
+                else:
+                    refs[name] = self.format_task.remote(reg[name], d / raws[name].data_file.name, recipe.format,
+                                                         recipe.seed, specs[name].max_rows, tmp, ctx.batch_rows)
+
+            def done_one(name, _report):
+                staged.finish(name)
+                formatted(name)
+
+            _wait_all(self.ray, refs, done_one)
+        return fmt
+
+    # 4. mine: dense (encoder pool + search tasks), BM25 tasks, the rest on the driver
+    def mine(self, raws, decontam_dirs, fmt) -> dict[str, dict]:
+        ctx, recipe, reg = self.ctx, self.ctx.recipe, self.ctx.registry
+        sts_names = [n for n in raws if reg[n].task_type == "sts"]
+        total, done = len(raws), 0
+        mdirs: dict[str, Path] = {}
+
+        def mined(name):
+            nonlocal done
+            done += 1
+            r = self.results[name]
+            r.rows_file = mdirs[name] / "rows.parquet"
+            r.rows, negatives = 0, 0
+            per_row = named_counts.NegativesPerRow()
+            for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
+                r.rows += b.num_rows
+                negatives += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
+                per_row.add(b.column(0))
+            r.mean_negatives = negatives / r.rows if r.rows else 0.0
+            r.details["negatives_per_row"] = per_row.to_dict()
+            ctx.say("mine", done, total, f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
+
+        encoder = None
+        with _staged() as staged:
+            dense, refs = {}, {}
+            for name in raws:
+                entry, (fdir, fkey) = reg[name], fmt[name]
+                rows_file = fdir / "rows.parquet"
+                if entry.task_type == "retrieval":
+                    if encoder is None:
+                        encoder = mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
+                    key = dense_key(fkey, recipe, encoder.fingerprint)
+                elif entry.task_type == "sts":
+                    pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
+                    key = bm25_key(fkey, recipe, [decontam_dirs[n][1] for n in pool_names])
+                else:
+                    key = fkey
+                mdirs[name], tmp = staged.open(ctx.cache, "mine", name, key)
+                if tmp is None:
+                    continue
+                if entry.task_type == "retrieval":
+                    dense[name] = (rows_file, decontam_dirs[name][0] / "corpus.parquet", tmp)
+                elif entry.task_type == "sts":
+                    pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
+                    refs[name] = self.bm25_task.remote(rows_file, pools, recipe.bm25, tmp)
+                else:
+                    mstage.no_mining(rows_file, out=tmp)
+                    staged.finish(name)
+
+            def done_one(name, _report):
+                staged.finish(name)
+
+            if dense:
+                self._mine_dense(encoder, dense, total, done_one)
+            _wait_all(self.ray, refs, done_one)
+        for name in raws:  # report in recipe order, as the local engine does
+            mined(name)
+        return {name: json.loads((mdirs[name] / "report.json").read_text()) for name in raws}
+
+    def _mine_dense(self, encoder: mstage.DenseEncoder, dense: dict, total: int, done_one) -> None:
+        """Dense sources on one actor pool of encoders: first every corpus chunk the miners will
+        search is embedded into the cache (chunks of ``chunk_size`` in corpus order: the miner's
+        chunks, so it finds them there), then each source is mined by one of the same actors."""
+        from ray.util import ActorPool
+
+        ray, cfg = self.ray, encoder.cfg
+        chunks = []
+        for name, (_, corpus_file, _) in dense.items():
+            n = pq.ParquetFile(corpus_file).metadata.num_rows
+            chunks += [(str(corpus_file), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
+        pool = self._pool(max(len(chunks), len(dense)), gpu=True)
+        worker = ray.remote(_DenseWorker).options(
+            num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)
+        actors = [worker.remote(encoder, str(self.ctx.cache / "embeddings")) for _ in range(pool.size)]
+        try:
+            actor_pool = ActorPool(actors)
+            texts = encoded = 0
+            visible: set[int] = set()
+            try:
+                for got in actor_pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
+                    texts += got["texts"]
+                    encoded += 0 if got["cached"] else got["texts"]
+                    visible.add(got["gpus"])
+                gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
+                self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
+                             f"({texts - encoded} cached) on {pool.describe()}{gpus}")
+                for idle in actors[len(dense):]:  # fewer sources than actors: free the rest now
+                    ray.kill(idle)
+                actor_pool = ActorPool(actors[:len(dense)])
+                seed, batch_rows = self.ctx.recipe.seed, self.ctx.batch_rows
+                jobs = [(name, rows, corpus, tmp) for name, (rows, corpus, tmp) in dense.items()]
+                for name, report in actor_pool.map_unordered(
+                        lambda a, job: a.mine.remote(job[0], job[1], job[2], seed, job[3], batch_rows), jobs):
+                    done_one(name, report)
+            except Exception as e:  # noqa: BLE001
+                raise _unwrap(e) from None
+        finally:
+            for a in actors:
+                ray.kill(a)

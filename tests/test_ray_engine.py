@@ -1,0 +1,255 @@
+"""`nvdata build --engine ray`: the same shards as the local engine, on a 2-CPU local Ray.
+
+One Ray session for the whole module (starting Ray costs seconds): 2 CPUs, like the machines
+this was measured on, and one *declared* GPU, so the encoder actors take the ``num_gpus=1``
+placement path on a CPU-only machine (torch still finds no CUDA and runs on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import ray  # the nvdata[ray] extra; `make test` installs it
+
+from nvdata import build as build_mod
+from nvdata.build import run_build
+from nvdata.engine import ray as ray_engine
+from nvdata.engine.ray import iter_row_range, plan_pool
+from nvdata.recipe import load_recipe
+from nvdata.stages import iter_batches
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    return run_build(load_recipe("stage2"), out=root / "out", sample=True, cache=root / "cache")
+
+
+def _shard_bytes(res) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((res.out / "shards").iterdir())}
+
+
+class _WorkerKiller(threading.Thread):
+    """SIGKILLs the first dense encoder actor of this test's Ray (a descendant of this process)
+    seen at work, once, as a node failure would."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.killed: str | None = None
+        self.stop = threading.Event()
+
+    def run(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.is_set() and self.killed is None:
+            for p in me.children(recursive=True):
+                try:
+                    title = (p.cmdline() or [""])[0]
+                except psutil.Error:
+                    continue
+                if title.startswith("ray::_DenseWorker."):
+                    os.kill(p.pid, signal.SIGKILL)
+                    self.killed = title
+                    return
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def ray_build(ray_cluster, tmp_path_factory):
+    """A Ray build whose driver first dies in the mine stage, then resumes; during the resumed
+    run one encoder actor is SIGKILLed mid-work."""
+    root = tmp_path_factory.mktemp("ray")
+    recipe, out, cache = load_recipe("stage2"), root / "out", root / "cache"
+
+    def crash(*a, **k):
+        raise RuntimeError("simulated driver crash in the mine stage")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_engine._Run, "_mine_dense", crash)
+        with pytest.raises(RuntimeError, match="simulated"):
+            run_build(recipe, out=out, sample=True, cache=cache, engine="ray")
+    crashed = {
+        "published": out.exists(),
+        "unfinished": [p.name for p in (cache / "mine").iterdir() if not (p / "done.json").is_file()],
+        "formatted": {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()},
+    }
+    messages: list[tuple] = []
+    killer = _WorkerKiller()
+    killer.start()
+    try:
+        res = run_build(recipe, out=out, sample=True, cache=cache, engine="ray",
+                        progress=lambda *m: messages.append(m))
+    finally:
+        killer.stop.set()
+    formatted = {p.name: (p / "done.json").stat().st_mtime_ns for p in (cache / "format").iterdir()}
+    return res, cache, crashed, formatted, messages, killer.killed
+
+
+def test_ray_shards_are_byte_identical_to_the_local_engines(ray_build, local_build):
+    res = ray_build[0]
+    assert _shard_bytes(res) == _shard_bytes(local_build)
+    for key in ("shards", "sources", "decontamination", "total_rows"):
+        assert json.dumps(res.manifest[key], sort_keys=True, indent=1) == \
+            json.dumps(local_build.manifest[key], sort_keys=True, indent=1), key
+
+
+def test_a_crashed_driver_resumes_from_the_stage_cache(ray_build, local_build):
+    res, cache, crashed, formatted, _, _ = ray_build
+    assert not crashed["published"] and crashed["unfinished"] == []
+    assert len(crashed["formatted"]) == len(local_build.sources)
+    assert formatted == crashed["formatted"]  # the resumed run did not redo formatting
+
+
+def test_a_killed_worker_is_restarted_by_ray(ray_build, local_build):
+    res, *_, killed = ray_build
+    assert killed, "no dense worker was seen at work"
+    assert _shard_bytes(res) == _shard_bytes(local_build)
+
+
+def test_progress_and_gpu_placement(ray_build):
+    res, *_, messages, _ = ray_build
+    recipe = load_recipe("stage2")
+    assert len([m for m in messages if m[0] == "download"]) == len(recipe.sources)  # skipped ones too
+    for stage in ("decontaminate", "format", "mine"):
+        done = [m[1] for m in messages if m[0] == stage and m[1] > 0]
+        assert sorted(done) == list(range(1, len(res.sources) + 1)), stage
+    # The encoders took the declared GPU: one actor of 1 GPU (+ the one CPU left over).
+    pool_line = next(m[3] for m in messages if m[0] == "mine" and "corpus embeddings" in m[3])
+    assert "1 actor(s) of 1 CPU + 1 GPU" in pool_line and "1 GPU visible per actor" in pool_line
+
+
+def test_the_local_engine_reads_a_cache_the_ray_engine_wrote(ray_build, local_build, tmp_path, monkeypatch):
+    """Same stage folders under the same keys: switching engines resumes instead of redoing."""
+    cache = ray_build[1]
+
+    def redone(*a, **k):
+        raise AssertionError("the local engine redid a stage the Ray engine had finished")
+
+    from nvdata.engine import local
+    monkeypatch.setattr(local.dstage, "decontaminate_source", redone)
+    monkeypatch.setattr(local.fstage, "format_rows", redone)
+    for name in ("mine_dense", "mine_bm25", "no_mining"):
+        monkeypatch.setattr(local.mstage, name, redone)
+    res = run_build(load_recipe("stage2"), out=tmp_path / "local-out", sample=True, cache=cache)
+    assert _shard_bytes(res) == _shard_bytes(local_build)
+
+
+@pytest.mark.parametrize("cpus,gpus,nodes,work", [(2, 0, 1, 100), (2, 0, 1, 1), (1, 0, 1, 5), (3, 0, 1, 7),
+                                                   (64, 0, 4, 1000), (2, 1, 1, 10), (32, 4, 2, 10),
+                                                   (8, 0.5, 1, 3)])
+def test_an_actor_pool_always_leaves_cpus_for_its_input(cpus, gpus, nodes, work):
+    for gpu in (False, True):
+        pool = plan_pool(cpus, gpus, nodes, work, gpu=gpu)
+        assert 1 <= pool.size <= work
+        assert pool.size * pool.num_cpus <= cpus - min(nodes, cpus / 2) + 1e-9
+        if gpu and gpus:
+            assert pool.num_gpus == min(1.0, gpus) and pool.size * pool.num_gpus <= gpus
+        else:
+            assert pool.num_gpus == 0
+    assert plan_pool(2, 0, 1, 100) == ray_engine.Pool(2, 0.5)  # the issue's 2-CPU case
+    assert plan_pool(32, 4, 2, 10, gpu=True) == ray_engine.Pool(4, 1.0, 1.0)
+
+
+def test_a_planned_pool_runs_where_the_naive_one_deadlocks(ray_cluster, tmp_path):
+    """The issue's repro: read_parquet -> map_batches(ActorPoolStrategy(size=2)) at 1 CPU per
+    actor never finishes on 2 CPUs (the actors hold both, the read task waits); sized by
+    plan_pool it does."""
+    for i in range(4):
+        pq.write_table(pa.table({"x": list(range(i * 100, (i + 1) * 100))}), tmp_path / f"p{i}.parquet")
+
+    class AddOne:
+        def __call__(self, b):
+            return {"x": b["x"] + 1}
+
+    pool = plan_pool(*ray_engine._cluster(ray), work=4)
+    ds = ray.data.read_parquet(str(tmp_path)).map_batches(
+        AddOne, batch_size=100, compute=ray.data.ActorPoolStrategy(size=pool.size), num_cpus=pool.num_cpus)
+    done: list = []
+    t = threading.Thread(target=lambda: done.append(ds.sum("x")), daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert done == [sum(range(400)) + 400]
+
+
+def test_row_ranges_read_the_local_engines_batches(tmp_path):
+    path = tmp_path / "t.parquet"
+    with pq.ParquetWriter(path, pa.schema([("x", pa.int64())])) as w:
+        start = 0
+        for n in (3, 5, 7, 2, 9):  # row groups that do not line up with the batches
+            w.write_table(pa.table({"x": list(range(start, start + n))}))
+            start += n
+    whole = [b.column(0).to_pylist() for b in iter_batches(path, batch_rows=4)]
+    parts = [b.column(0).to_pylist() for lo in range(0, 26, 8) for b in iter_row_range(path, lo, min(lo + 8, 26), 4)]
+    assert parts == whole
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path):
+    """A real absent module (``sys.modules['ray'] = None`` makes ``import ray`` fail), through
+    the CLI: one line, exit 2, no traceback, nothing written, the cache left alone."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "keep.txt").write_text("mine")
+    code = ("import sys; sys.modules['ray'] = None; from nvdata.cli import app; "
+            f"sys.argv = ['nvdata', 'build', '--recipe', 'stage2', '--sample', '--engine', 'ray', '--force', "
+            f"'--out', {str(tmp_path / 'out')!r}, '--cache', {str(cache)!r}]; app()")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'nvdata[ray]'" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert (cache / "keep.txt").read_text() == "mine"
+
+
+def test_ray_address_without_engine_ray_is_refused(tmp_path):
+    with pytest.raises(build_mod.NvdataError, match="--ray-address needs --engine ray"):
+        run_build(load_recipe("stage2"), out=tmp_path / "out", sample=True, ray_address="auto")
+
+
+def test_bad_input_on_a_worker_is_one_clear_line(ray_cluster, local_build, tmp_path):
+    """An NvdataError raised inside a Ray Data actor reaches the driver as itself (one line,
+    exit 2 in the CLI), not as Ray's wrapper with a remote traceback."""
+    from nvdata.decontam import build_test_index
+    from nvdata.errors import NvdataError
+    from nvdata.paths import sample_mirror_dir
+
+    recipe = load_recipe("stage2")
+    index = build_test_index(recipe.decontamination, mirror=sample_mirror_dir(),
+                             cache_dir=local_build.out.parent / "cache" / "test-index")  # cached: fast
+    raw = tmp_path / "pairs.parquet"
+    pq.write_table(pa.table({"row_index": [0, 1], "positive": ["a", "b"]}), raw)  # no "query"
+    item = {"source": "broken", "kind": "pairs", "path": str(raw), "part": 0, "start": 0, "stop": 2,
+            "out": str(tmp_path)}
+    with pytest.raises(NvdataError) as e:
+        list(ray_engine._map_over_pool(ray, [item], ray_engine._Decontaminator, plan_pool(2, 0, 1, 1),
+                                       index_path=str(index.path), cfg=recipe.decontamination, batch_rows=8))
+    assert type(e.value) is NvdataError
+    assert "broken" in str(e.value) and "missing column" in str(e.value) and "\n" not in str(e.value)
+
+    @ray.remote(max_retries=0)
+    def bad_task():
+        raise NvdataError("source x, row 3: null text")
+
+    with pytest.raises(NvdataError) as e:  # the same from a Ray task (download, format, BM25)
+        ray_engine._wait_all(ray, {"x": bad_task.remote()}, lambda *a: None)
+    assert type(e.value) is NvdataError and str(e.value) == "source x, row 3: null text"
+
