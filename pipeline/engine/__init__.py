@@ -41,7 +41,10 @@ mine  one of :mod:`nvdata.stages.mine`
 write  :func:`nvdata.emit.write_shards` + reports + manifest (``nvdata.build``): the same code
     for every executor, reading the mine stage's ``rows.parquet`` files in recipe order.
 
-An executor implements ``run_stages(ctx: BuildContext) -> StageOutputs``.
+An executor implements ``run_stages(ctx: BuildContext) -> StageOutputs``. Every per-source
+decision (the steps after text decontamination, each stage's key, which miner a source gets)
+is made by :mod:`nvdata.engine.plan`, which every executor calls: an executor only decides
+where those steps run.
 """
 
 from __future__ import annotations

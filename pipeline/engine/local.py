@@ -9,25 +9,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nvdata import counts as named_counts
-from nvdata import stages
 from nvdata.engine import (
     BuildContext,
     SourceResult,
     StageOutputs,
-    bm25_key,
     decontaminate_key,
-    dense_key,
-    format_key,
     instructions_key,
-    key_of,
+    plan,
     stage_folder,
 )
-from nvdata.shared_corpus import shared_corpus_stage
-from nvdata.similarity_filter import mine_sts_dense, similarity_filter
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
@@ -86,20 +79,14 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
                                           cache_dir=cache / "test-index")
         for done, (name, raw) in enumerate(raws.items(), 1):
             d, dkey = decontaminate(raw, recipe, index, cache, ctx.batch_rows)
-            d, dkey = shared_corpus_stage(registry[name], d, dkey, recipe, cache, ctx.mirror)  # test ids
+            after = plan.after_decontamination(registry[name], d, dkey, recipe, cache, ctx.mirror)
             release_memory()
-            decontam_dirs[name] = (d, dkey)
-            all_hits.extend(json.loads((d / "hits.json").read_text()))
-            counts = json.loads((d / "counts.json").read_text())
-            main_kind = "pairs" if registry[name].task_type == "retrieval" else registry[name].task_type
-            results[name].decontam_dropped = counts[main_kind]["dropped"]
-            results[name].details["decontam_counts"] = counts
-            say("decontaminate", done, len(raws), f"{name}: {named_counts.decontamination_line(counts)}")
-        # recipe test_similarity_filter (arXiv 2405.17428 v3 section 4.2), nvdata.similarity_filter
-        for name in [n for n in raws if n in recipe.test_similarity.active_sources()]:
-            decontam_dirs[name] = similarity_filter(registry[name], recipe, *decontam_dirs[name], cache, ctx.mirror)
-            results[name].details["test_similarity"] = json.loads((decontam_dirs[name][0] / "report.json").read_text())
-            results[name].details["decontam_counts"] = json.loads((decontam_dirs[name][0] / "counts.json").read_text())
+            decontam_dirs[name] = (after.folder, after.key)
+            all_hits.extend(json.loads((after.folder / "hits.json").read_text()))
+            results[name].decontam_dropped = after.dropped
+            results[name].details.update(after.details)
+            say("decontaminate", done, len(raws),
+                f"{name}: {named_counts.decontamination_line(after.details['decontam_counts'])}")
 
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
@@ -107,9 +94,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
         instr_key = instructions_key()
         for done, name in enumerate(raws, 1):
             d, dkey = decontam_dirs[name]
-            own = registry[name].instruction  # a recipe's own source carries its instruction
-            ikey = instr_key if own is None else key_of(instr_key, own, registry[name].document_instruction)
-            key = format_key(dkey, recipe, ikey, specs[name].max_rows)
+            key = plan.source_format_key(registry[name], dkey, recipe, instr_key, specs[name].max_rows)
             with stage_folder(cache, "format", name, key) as (fdir, tmp):
                 if tmp is not None:
                     fstage.format_rows(registry[name], d / raws[name].data_file.name, cfg=recipe.format,
@@ -127,45 +112,16 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
         encoder = None
         for done, name in enumerate(raws, 1):
             entry = registry[name]
-            fdir, fkey = fmt[name]
-            rows_file = fdir / "rows.parquet"
-            if entry.task_type == "retrieval":
-                if encoder is None:  # once per build, only when some source needs it
-                    encoder = mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
-                key = dense_key(fkey, recipe, encoder.fingerprint)
-                with stage_folder(cache, "mine", name, key) as (mdir, tmp):
-                    if tmp is not None:
-                        mstage.mine_dense(rows_file, decontam_dirs[name][0] / "corpus.parquet", cfg=recipe.dense,
-                                          encoder=encoder, cache_dir=cache / "embeddings", seed=recipe.seed,
-                                          out=tmp, batch_rows=ctx.batch_rows)
-            elif entry.task_type == "sts":
-                pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
-                pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
-                key = bm25_key(fkey, recipe, [decontam_dirs[n][1] for n in pool_names])
-                if recipe.sts_method == "dense":  # mining.sts.method (arXiv 2405.17428 v3 section 4.2)
-                    encoder = encoder or mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
-                    key = key_of(key, "sts-dense", dense_key(fkey, recipe, encoder.fingerprint))
-                with stage_folder(cache, "mine", name, key) as (mdir, tmp):
-                    if tmp is not None and recipe.sts_method == "dense":
-                        mine_sts_dense(rows_file, pools, recipe=recipe, encoder=encoder,
-                                       cache_dir=cache / "embeddings", out=tmp)
-                    elif tmp is not None:
-                        mstage.mine_bm25(rows_file, pools, cfg=recipe.bm25, out=tmp)
-            else:
-                with stage_folder(cache, "mine", name, fkey) as (mdir, tmp):
-                    if tmp is not None:
-                        mstage.no_mining(rows_file, out=tmp)
+            if encoder is None and plan.needs_encoder(entry, recipe):  # once per build, only when needed
+                encoder = mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
+            job = plan.mine_plan(entry, fmt[name], recipe, decontam_dirs, sts_names,
+                                 encoder.fingerprint if encoder is not None else None)
+            with stage_folder(cache, "mine", name, job.key) as (mdir, tmp):
+                if tmp is not None:
+                    plan.mine_source(job, recipe, encoder, cache, tmp, ctx.batch_rows)
             release_memory()
             mine_reports[name] = json.loads((mdir / "report.json").read_text())
             r = results[name]
-            r.rows_file = mdir / "rows.parquet"
-            r.rows, total = 0, 0
-            per_row = named_counts.NegativesPerRow()
-            for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
-                r.rows += b.num_rows
-                total += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
-                per_row.add(b.column(0))
-            r.mean_negatives = total / r.rows if r.rows else 0.0
-            r.details["negatives_per_row"] = per_row.to_dict()
+            plan.summarize_mined(r, mdir / "rows.parquet", ctx.batch_rows)
             say("mine", done, len(raws), f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
     return StageOutputs(results, skipped, index, all_hits, mine_reports)

@@ -10,7 +10,10 @@ download       one Ray task per source.
 decontaminate  Ray Data ``map_batches`` over the raw tables' parts (runs of whole
                ``batch_rows`` batches) on an actor pool: each actor opens the memory-mapped
                test index once. Part ``i`` of table ``T`` is written as ``T-0000i.parquet``;
-               one task per table then joins the parts, in part order, into ``T.parquet``.
+               one task per table then joins the parts, in part order, into ``T.parquet``;
+               then one task per source runs the steps after it
+               (:func:`nvdata.engine.plan.after_decontamination`: shared corpus, the
+               recipe's test-similarity filter).
 format         one task per source (retrieval / STS formatting drops duplicate ids across
                batches, so a source is one ordered stream; classification / clustering
                draw from whole-source label pools).
@@ -18,8 +21,10 @@ mine           dense: Ray Data ``map_batches`` of corpus chunks on an actor pool
                (``num_gpus=1`` each where the cluster has GPUs, a CPU share otherwise; the
                model is loaded once per actor) into the content-keyed embedding cache; then
                one search task per source runs the local miner, which finds every corpus chunk
-               in the cache and embeds only its queries. bm25: one task per STS source.
+               in the cache and embeds only its queries. Dense STS (``mining.sts.method:
+               dense``) is mined on the same actors. bm25: one task per STS source.
                none (classification, clustering): the driver copies the formatted rows.
+               Which method a source gets and its key: :func:`nvdata.engine.plan.mine_plan`.
 write          the driver, with the code the local engine uses (:func:`nvdata.build.run_build`).
 =============  ===========================================================================
 
@@ -50,20 +55,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nvdata import counts as named_counts
-from nvdata import stages
 from nvdata.engine import (
     BuildContext,
     SourceResult,
     StageOutputs,
-    bm25_key,
     decontaminate_key,
-    dense_key,
-    format_key,
     instructions_key,
+    plan,
     stage_folder,
 )
 from nvdata.engine.local import min_limit
@@ -374,10 +375,10 @@ class _DenseWorker:
                 cache.embed(texts, prompt=prompt)
         return {"texts": len(texts), "cached": cached, "gpus": self.gpus}
 
-    def mine(self, name: str, rows_file, corpus_file, seed: int, out, batch_rows: int) -> tuple[str, dict]:
-        """One source's dense negatives (:func:`nvdata.stages.mine.mine_dense`) into ``out``."""
-        return name, mstage.mine_dense(rows_file, corpus_file, cfg=self.stage.cfg, encoder=self.stage,
-                                       cache_dir=self.cache_dir, seed=seed, out=out, batch_rows=batch_rows)
+    def mine(self, job: plan.MinePlan, recipe, cache: str, out, batch_rows: int) -> tuple[str, dict]:
+        """One source's mine plan that needs the encoder (dense retrieval, dense STS) into ``out``
+        (:func:`nvdata.engine.plan.mine_source`), with this actor's loaded model."""
+        return job.name, plan.mine_source(job, recipe, self.stage, Path(cache), out, batch_rows)
 
 
 def _remote_functions(ray):
@@ -405,10 +406,15 @@ def _remote_functions(ray):
                                   batch_rows=batch_rows)
 
     @ray.remote(max_retries=TASK_RETRIES)
-    def mine_bm25(rows_file, pools, cfg, out):
-        return mstage.mine_bm25(rows_file, pools, cfg=cfg, out=out)
+    def after_decontamination(entry, folder, key, recipe, cache, mirror):
+        return plan.after_decontamination(entry, folder, key, recipe, cache, mirror)
 
-    return download, join_parts, format_source, mine_bm25
+    @ray.remote(max_retries=TASK_RETRIES)
+    def mine_source(job, recipe, cache, out, batch_rows):
+        """A mine plan that needs no encoder (BM25, none)."""
+        return plan.mine_source(job, recipe, None, cache, out, batch_rows)
+
+    return download, join_parts, format_source, after_decontamination, mine_source
 
 
 # -- the executor -----------------------------------------------------------------------------------
@@ -425,7 +431,8 @@ class _Run:
     def __init__(self, ray, ctx: BuildContext):
         self.ray, self.ctx = ray, ctx
         self.cpus, self.gpus, self.nodes = _cluster(ray)
-        self.download_task, self.join_task, self.format_task, self.bm25_task = _remote_functions(ray)
+        (self.download_task, self.join_task, self.format_task, self.after_decontamination_task,
+         self.mine_task) = _remote_functions(ray)
         self.results: dict[str, SourceResult] = {}
         self.skipped: dict[str, str] = {}
 
@@ -479,8 +486,8 @@ class _Run:
         ctx, recipe = self.ctx, self.ctx.recipe
         index = decontam.build_test_index(recipe.decontamination, mirror=ctx.mirror,
                                           cache_dir=ctx.cache / "test-index")
-        folders: dict[str, tuple[Path, str]] = {}
-        say_total, said = len(raws), 0
+        folders: dict[str, tuple[Path, str]] = {}  # text decontamination
+        after: dict[str, object] = {}  # the per-source steps after it (plan.after_decontamination)
         with _staged() as staged:
             todo: dict[str, list[tuple[str, Path, Path]]] = {}  # source -> (table, raw file, stage tmp)
             for name, raw in raws.items():
@@ -488,8 +495,7 @@ class _Run:
                 final, tmp = staged.open(ctx.cache, "decontaminate", name, key)
                 folders[name] = (final, key)
                 if tmp is None:
-                    said += 1
-                    self._decontaminated(name, final, said, say_total)
+                    after[name] = self._after_decontamination(name, final, key)
                 else:
                     todo[name] = [(kind, path, tmp) for kind, path in dstage.raw_tables(raw)]
             items = self._parts(todo)
@@ -510,19 +516,38 @@ class _Run:
                 joined: dict[str, set] = {name: set() for name in todo}
 
                 def table_joined(key, _rows):
-                    nonlocal said
                     name, kind = key
                     joined[name].add(kind)
                     if len(joined[name]) == len(todo[name]):
                         self._finish_decontaminate(name, todo[name], items, outcome, staged)
-                        said += 1
-                        self._decontaminated(name, folders[name][0], said, say_total)
+                        after[name] = self._after_decontamination(name, *folders[name])
 
                 _wait_all(self.ray, joins, table_joined)
+        final: dict[str, tuple[Path, str]] = {}
+        said = 0
+
+        def done_after(name, got: plan.Decontaminated):
+            nonlocal said
+            said += 1
+            final[name] = (got.folder, got.key)
+            r = self.results[name]
+            r.decontam_dropped = got.dropped
+            r.details.update(got.details)
+            ctx.say("decontaminate", said, len(raws),
+                    f"{name}: {named_counts.decontamination_line(got.details['decontam_counts'])}")
+
+        _wait_all(self.ray, after, done_after)
+        final = {name: final[name] for name in raws}  # recipe order
         hits: list[dict] = []
-        for name in raws:  # recipe order
-            hits.extend(json.loads((folders[name][0] / "hits.json").read_text()))
-        return index, folders, hits
+        for name in raws:
+            hits.extend(json.loads((final[name][0] / "hits.json").read_text()))
+        return index, final, hits
+
+    def _after_decontamination(self, name: str, folder: Path, key: str):
+        """The per-source steps after text decontamination, as one Ray task (a reference)."""
+        ctx = self.ctx
+        return self.after_decontamination_task.remote(ctx.registry[name], folder, key, ctx.recipe, ctx.cache,
+                                                      ctx.mirror)
 
     def _parts(self, todo) -> list[dict]:
         """Each raw table cut into parts of whole batches (``batch_rows``), enough parts to
@@ -562,15 +587,6 @@ class _Run:
         emit.write_json(tmp / "counts.json", counts)
         staged.finish(name)
 
-    def _decontaminated(self, name: str, folder: Path, done: int, total: int) -> None:
-        counts = json.loads((folder / "counts.json").read_text())
-        task_type = self.ctx.registry[name].task_type
-        main_kind = "pairs" if task_type == "retrieval" else task_type
-        r = self.results[name]
-        r.decontam_dropped = counts[main_kind]["dropped"]
-        r.details["decontam_counts"] = counts
-        self.ctx.say("decontaminate", done, total, f"{name}: dropped {r.decontam_dropped}")
-
     def _pool(self, work: int, *, gpu: bool = False) -> Pool:
         return plan_pool(self.cpus, self.gpus, self.nodes, work, gpu=gpu)
 
@@ -593,7 +609,7 @@ class _Run:
             refs = {}
             for name in raws:
                 d, dkey = decontam_dirs[name]
-                key = format_key(dkey, recipe, instr_key, specs[name].max_rows)
+                key = plan.source_format_key(reg[name], dkey, recipe, instr_key, specs[name].max_rows)
                 fdir, tmp = staged.open(ctx.cache, "format", name, key)
                 fmt[name] = (fdir, key)
                 if tmp is None:
@@ -620,66 +636,54 @@ class _Run:
             nonlocal done
             done += 1
             r = self.results[name]
-            r.rows_file = mdirs[name] / "rows.parquet"
-            r.rows, negatives = 0, 0
-            per_row = named_counts.NegativesPerRow()
-            for b in stages.iter_batches(r.rows_file, columns=["negatives"], batch_rows=ctx.batch_rows):
-                r.rows += b.num_rows
-                negatives += pc.sum(pc.list_value_length(b.column(0))).as_py() or 0
-                per_row.add(b.column(0))
-            r.mean_negatives = negatives / r.rows if r.rows else 0.0
-            r.details["negatives_per_row"] = per_row.to_dict()
+            plan.summarize_mined(r, mdirs[name] / "rows.parquet", ctx.batch_rows)
             ctx.say("mine", done, total, f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
 
         encoder = None
         with _staged() as staged:
-            dense, refs = {}, {}
+            on_actors, refs = {}, {}
             for name in raws:
-                entry, (fdir, fkey) = reg[name], fmt[name]
-                rows_file = fdir / "rows.parquet"
-                if entry.task_type == "retrieval":
-                    if encoder is None:
-                        encoder = mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
-                    key = dense_key(fkey, recipe, encoder.fingerprint)
-                elif entry.task_type == "sts":
-                    pool_names = sts_names if recipe.bm25.to_dict().get("pool") == "all" else [name]
-                    key = bm25_key(fkey, recipe, [decontam_dirs[n][1] for n in pool_names])
-                else:
-                    key = fkey
-                mdirs[name], tmp = staged.open(ctx.cache, "mine", name, key)
+                entry = reg[name]
+                if encoder is None and plan.needs_encoder(entry, recipe):
+                    encoder = mstage.DenseEncoder(ctx.encoder, ctx.device, recipe.dense)
+                job = plan.mine_plan(entry, fmt[name], recipe, decontam_dirs, sts_names,
+                                     encoder.fingerprint if encoder is not None else None)
+                mdirs[name], tmp = staged.open(ctx.cache, "mine", name, job.key)
                 if tmp is None:
                     continue
-                if entry.task_type == "retrieval":
-                    dense[name] = (rows_file, decontam_dirs[name][0] / "corpus.parquet", tmp)
-                elif entry.task_type == "sts":
-                    pools = {n: decontam_dirs[n][0] / "data.parquet" for n in pool_names}
-                    refs[name] = self.bm25_task.remote(rows_file, pools, recipe.bm25, tmp)
-                else:
-                    mstage.no_mining(rows_file, out=tmp)
+                if job.needs_encoder:  # dense retrieval, dense STS: on the encoder actors
+                    on_actors[name] = (job, tmp)
+                elif job.method == plan.NONE:  # a copy: not worth a task
+                    plan.mine_source(job, recipe, None, ctx.cache, tmp, ctx.batch_rows)
                     staged.finish(name)
+                else:  # BM25: a per-source reduction, one task
+                    refs[name] = self.mine_task.remote(job, recipe, ctx.cache, tmp, ctx.batch_rows)
 
             def done_one(name, _report):
                 staged.finish(name)
 
-            if dense:
-                self._mine_dense(encoder, dense, total, done_one)
+            if on_actors:
+                self._mine_dense(encoder, on_actors, total, done_one)
             _wait_all(self.ray, refs, done_one)
         for name in raws:  # report in recipe order, as the local engine does
             mined(name)
         return {name: json.loads((mdirs[name] / "report.json").read_text()) for name in raws}
 
-    def _mine_dense(self, encoder: mstage.DenseEncoder, dense: dict, total: int, done_one) -> None:
-        """Dense sources on one actor pool of encoders: first every corpus chunk the miners will
-        search is embedded into the cache (chunks of ``chunk_size`` in corpus order: the miner's
-        chunks, so it finds them there), then each source is mined by one of the same actors."""
+    def _mine_dense(self, encoder: mstage.DenseEncoder, jobs: dict, total: int, done_one) -> None:
+        """The sources whose mining needs the encoder (``jobs``: name -> (MinePlan, stage tmp)),
+        on one actor pool of encoders: first every corpus chunk the dense miners will search is
+        embedded into the cache (chunks of ``chunk_size`` in corpus order: the miner's chunks, so
+        it finds them there), then each source is mined by one of the same actors (dense STS
+        embeds its pools there too)."""
         from ray.util import ActorPool
 
         ray, cfg = self.ray, encoder.cfg
         chunks = []
-        for name, (_, corpus_file, _) in dense.items():
-            n = pq.ParquetFile(corpus_file).metadata.num_rows
-            chunks += [(str(corpus_file), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
-        pool = self._pool(max(len(chunks), len(dense)), gpu=True)
+        for job, _ in jobs.values():
+            if job.corpus is not None:
+                n = pq.ParquetFile(job.corpus).metadata.num_rows
+                chunks += [(str(job.corpus), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
+        pool = self._pool(max(len(chunks), len(jobs)), gpu=True)
         worker = ray.remote(_DenseWorker).options(
             num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)
         actors = [worker.remote(encoder, str(self.ctx.cache / "embeddings")) for _ in range(pool.size)]
@@ -692,16 +696,16 @@ class _Run:
                     texts += got["texts"]
                     encoded += 0 if got["cached"] else got["texts"]
                     visible.add(got["gpus"])
-                gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
-                self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
-                             f"({texts - encoded} cached) on {pool.describe()}{gpus}")
-                for idle in actors[len(dense):]:  # fewer sources than actors: free the rest now
+                if chunks:
+                    gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
+                    self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
+                                 f"({texts - encoded} cached) on {pool.describe()}{gpus}")
+                for idle in actors[len(jobs):]:  # fewer sources than actors: free the rest now
                     ray.kill(idle)
-                actor_pool = ActorPool(actors[:len(dense)])
-                seed, batch_rows = self.ctx.recipe.seed, self.ctx.batch_rows
-                jobs = [(name, rows, corpus, tmp) for name, (rows, corpus, tmp) in dense.items()]
+                actor_pool = ActorPool(actors[:len(jobs)])
+                recipe, cache, batch_rows = self.ctx.recipe, str(self.ctx.cache), self.ctx.batch_rows
                 for name, report in actor_pool.map_unordered(
-                        lambda a, job: a.mine.remote(job[0], job[1], job[2], seed, job[3], batch_rows), jobs):
+                        lambda a, jt: a.mine.remote(jt[0], recipe, cache, jt[1], batch_rows), list(jobs.values())):
                     done_one(name, report)
             except Exception as e:  # noqa: BLE001
                 raise _unwrap(e) from None
