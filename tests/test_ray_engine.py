@@ -105,6 +105,97 @@ def ray_build(ray_cluster, tmp_path_factory):
     return res, cache, crashed, formatted, messages, killer.killed
 
 
+# -- every per-source feature: shared corpus, test-similarity filter, a custom source, dense STS ------
+
+FAQ_INSTRUCTION = "Given a customer question, retrieve the FAQ answer that resolves it"
+FEATURES_LIMIT = 40
+
+
+@pytest.fixture(scope="module")
+def features_recipe(tmp_path_factory):
+    """A small recipe using each hook the local engine gained after the Ray engine was written:
+    scifact (shared-corpus test ids), a recipe-declared local source with its own instruction,
+    sts12 mined with ``mining.sts.method: dense``, emotion through the test-similarity filter."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("features")
+    (root / "faq.jsonl").write_text("".join(
+        json.dumps({"question": f"how do I fix my {t} problem number {i}",
+                    "answer": f"For {t} problems open settings, choose {t} and follow step {i}."}) + "\n"
+        for i, t in enumerate(["invoice", "password", "delivery", "refund", "warranty"] * 4)))
+    (root / "r.yaml").write_text(yaml.safe_dump({
+        "name": "features", "stage": 2,
+        "sources": {"scifact": {}, "sts12": {}, "emotion": {},
+                    "support_faq": {"custom": {"path": "faq.jsonl", "task_type": "retrieval",
+                                               "columns": {"query": "question", "positive": "answer"},
+                                               "instruction": FAQ_INSTRUCTION}}},
+        "mining": {"sts": {"method": "dense"}, "bm25": {"num_negatives": 2}, "dense": {"num_negatives": 3}},
+        "test_similarity_filter": {"threshold": 3.0, "sources": {"emotion": "EmotionClassification"}},
+    }))
+    return load_recipe(root / "r.yaml")
+
+
+@pytest.fixture(scope="module")
+def features_builds(ray_cluster, features_recipe, tmp_path_factory):
+    root = tmp_path_factory.mktemp("features-builds")
+    local = run_build(features_recipe, out=root / "local", sample=True, cache=root / "local-cache",
+                      limit=FEATURES_LIMIT)
+    on_ray = run_build(features_recipe, out=root / "ray", sample=True, cache=root / "ray-cache",
+                       limit=FEATURES_LIMIT, engine="ray")
+    return local, on_ray, root / "ray-cache"
+
+
+def _same_build(res, ref) -> None:
+    assert _shard_bytes(res) == _shard_bytes(ref)
+    for key in ("shards", "sources", "decontamination", "total_rows"):
+        assert json.dumps(res.manifest[key], sort_keys=True, indent=1) == \
+            json.dumps(ref.manifest[key], sort_keys=True, indent=1), key
+    for report in ("test_similarity.json", "decontamination.json"):  # mining.json has timings, cache hits
+        got, want = (json.loads((r.out / "reports" / report).read_text()) for r in (res, ref))
+        if report == "decontamination.json":  # the test index's path is in the build's own cache
+            got["index"].pop("path"), want["index"].pop("path")
+        assert got == want, report
+
+
+def test_every_per_source_feature_is_byte_identical_on_ray(features_builds):
+    local, on_ray, ray_cache = features_builds
+    # the features are really in play (else the comparison proves nothing); the sample's
+    # test-relevant SciFact documents are all caught by text already, so the shared-corpus step
+    # drops nothing more here, but it ran on Ray (its stage folder; the next test resumes from it)
+    sources = local.manifest["sources"]
+    assert sources["emotion"]["test_similarity_dropped"] > 0
+    mining = json.loads((local.out / "reports" / "mining.json").read_text())
+    assert mining["sts12"]["method"] == "dense"
+    faq = pq.read_table(local.out / "shards", filters=[("source", "=", "support_faq")])
+    assert faq.num_rows > 0 and set(faq.column("instruction").to_pylist()) == {FAQ_INSTRUCTION}
+    _same_build(on_ray, local)
+    assert list((ray_cache / "shared_corpus").glob("scifact-*/done.json"))
+
+
+def test_the_local_engine_resumes_every_feature_from_a_ray_cache(features_builds, features_recipe, tmp_path,
+                                                                  monkeypatch):
+    """The Ray engine wrote every stage folder under the key the local engine computes, the
+    shared-corpus, similarity-filter and dense-STS folders included: nothing is redone."""
+    local, _, ray_cache = features_builds
+
+    def redone(*a, **k):
+        raise AssertionError("the local engine redid a stage the Ray engine had finished")
+
+    from nvdata import shared_corpus
+    from nvdata.engine import local as local_engine
+    from nvdata.mine import bm25
+
+    monkeypatch.setattr(local_engine.dstage, "decontaminate_source", redone)
+    monkeypatch.setattr(local_engine.fstage, "format_rows", redone)
+    for name in ("mine_dense", "mine_bm25", "no_mining"):
+        monkeypatch.setattr(local_engine.mstage, name, redone)
+    monkeypatch.setattr(shared_corpus, "drop_test_pairs", redone)
+    monkeypatch.setattr(bm25, "filter_by_test_similarity", redone)
+    monkeypatch.setattr(bm25, "mine_sts_dense_negatives", redone)
+    res = run_build(features_recipe, out=tmp_path / "out", sample=True, cache=ray_cache, limit=FEATURES_LIMIT)
+    _same_build(res, local)
+
+
 def test_ray_shards_are_byte_identical_to_the_local_engines(ray_build, local_build):
     res = ray_build[0]
     assert _shard_bytes(res) == _shard_bytes(local_build)
