@@ -21,7 +21,9 @@ decontaminate  per-batch map :func:`nvdata.stages.decontaminate.decontaminate_ba
     in:  each raw table in batches; the test index (memory-mapped, open once per worker).
     out: the same file names without contaminated rows, ``hits.json`` (the hits, tagged with
     their table), ``counts.json`` (checked / kept / dropped per table). Driver for one source:
-    :func:`nvdata.stages.decontaminate.decontaminate_source`.
+    :func:`nvdata.stages.decontaminate.decontaminate_source`. Then, per source, the steps
+    of :func:`nvdata.engine.plan.after_decontamination` (shared-corpus test ids, the recipe's
+    test-similarity filter), each a stage folder of its own; their output feeds format.
 format  :func:`nvdata.stages.format.format_rows`
     retrieval, STS: per-batch map (``StreamingFormatter.feed``; duplicate ids dropped across
     batches, so batches must be fed in file order); classification, clustering: per-source
