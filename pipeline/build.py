@@ -54,6 +54,18 @@ class BuildResult:
 # -- the build ----------------------------------------------------------------------------------------
 
 
+def _build_inputs(recipe: Recipe, mirror: Path | None, encoder) -> list[Path]:
+    """What a build reads from disk, which its output must neither replace nor sit inside: the
+    mirror, a local encoder folder, the recipe file and the recipe's own (custom) source files."""
+    inputs = [mirror, recipe.path]
+    if encoder is not None and Path(str(encoder)).expanduser().exists():
+        inputs.append(Path(str(encoder)))
+    for entry in recipe.registry().values():
+        if getattr(entry, "data_files", None) and str(entry.hf_id).startswith("local:"):
+            inputs.append(Path(entry.data_files))
+    return [Path(p) for p in inputs if p is not None]
+
+
 def run_build(
     recipe: Recipe,
     *,
@@ -103,7 +115,8 @@ def run_build(
     encoder = encoder if encoder is not None else recipe.encoder  # --encoder overrides the recipe
     out = Path(out or recipe.output.dir)
     cache = Path(cache) if cache else default_cache_dir()
-    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder)
+    preflight(out, "build", overwrite=overwrite, cache=cache, device=device, encoder=encoder,
+              inputs=_build_inputs(recipe, mirror, encoder))
     if force:  # nvdata's own stage folders only: the cache may be shared, or a folder of the user's
         for sub in ("raw", "decontaminate", "format", "mine", "embeddings", "test-index"):
             shutil.rmtree(cache / sub, ignore_errors=True)

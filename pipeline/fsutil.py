@@ -46,7 +46,7 @@ def check_output_dir(
     ``OUTPUT_MARKERS[kind]`` (an earlier output of the same kind). ``overwrite`` also allows any
     other non-empty folder. Never allowed, whatever ``overwrite`` says: a file, the current
     directory or one of its parents, the home folder or one of its parents, the cache folder or a parent of it, and any of ``inputs``
-    (the data the command reads) or a parent of one. Call it before any work. Returns the
+    (the data the command reads), a parent of one or a folder inside one. Call it before any work. Returns the
     resolved path.
     """
     if kind not in OUTPUT_MARKERS:
@@ -65,8 +65,11 @@ def check_output_dir(
         raise NvdataError(f"output {given} is the cache folder {cache} or contains it: give another folder "
                           "(nothing was written)")
     for inp in inputs:
-        if inp is not None and _is_within(Path(inp).expanduser().resolve(), p):
-            raise NvdataError(f"output {given} would replace the input {inp}: give another folder "
+        if inp is None:
+            continue
+        q = Path(inp).expanduser().resolve()
+        if _is_within(q, p) or _is_within(p, q):  # the input inside the output, or the output inside it
+            raise NvdataError(f"output {given} would replace (part of) the input {inp}: give a folder outside it "
                               "(nothing was written)")
     if not p.is_dir() or not any(p.iterdir()):
         return p

@@ -154,8 +154,12 @@ def test_export_never_replaces_the_build_or_a_folder_of_other_files(tiny_build, 
     r = runner.invoke(app, ["export", str(build), "--to", str(build)])
     assert r.exit_code == 2 and sorted(p.name for p in build.iterdir()) == before
     r = runner.invoke(app, ["export", str(build), "--to", str(build), "--overwrite"])
-    assert r.exit_code == 2 and "would replace the input" in r.output
+    assert r.exit_code == 2 and "would replace" in r.output
     assert sorted(p.name for p in build.iterdir()) == before
+    shards = sorted(p.name for p in (build / "shards").iterdir())
+    r = runner.invoke(app, ["export", str(build), "--to", str(build / "shards"), "--overwrite"])
+    assert r.exit_code == 2 and "would replace" in r.output  # a folder inside the build is the build
+    assert sorted(p.name for p in (build / "shards").iterdir()) == shards
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("keep")
     r = runner.invoke(app, ["export", str(build), "--to", str(tmp_path / "x")])
@@ -171,7 +175,7 @@ def test_train_never_writes_into_the_build(tiny_build):
     for extra in ([], ["--overwrite"]):
         r = runner.invoke(app, ["train", "--recipe", "stage2", "--data", str(build), "--model", "unused",
                                 "--out", str(build), "--max-steps", "1", *extra])
-        assert r.exit_code == 2 and "would replace the input" in r.output, r.output
+        assert r.exit_code == 2 and "would replace" in r.output, r.output
     assert (build / "README.md").read_text() == card
     assert not (build / "checkpoints").exists()
 
@@ -219,3 +223,14 @@ def test_audit_against_a_mirror_without_the_test_sets_names_them(tiny_build, tra
     _, build, cache = tiny_build
     r = runner.invoke(app, ["audit", str(build), "--mirror", str(train_mirror), "--cache", str(cache)])
     assert r.exit_code == 2 and "lacks" in r.output and "test set" in r.output, r.output
+
+
+def test_build_never_replaces_the_mirror_it_reads(tmp_path):
+    mirror = tmp_path / "mir"
+    shutil.copytree(sample_mirror_dir(), mirror)
+    before = sorted(p.name for p in mirror.iterdir())
+    for out in (mirror, mirror / "out"):
+        r = runner.invoke(app, ["build", "--recipe", "stage1", "--mirror", str(mirror), "--out", str(out),
+                                "--overwrite", "--cache", str(tmp_path / "cache")])
+        assert r.exit_code == 2 and "would replace" in r.output, r.output
+    assert sorted(p.name for p in mirror.iterdir()) == before and not (tmp_path / "cache").exists()

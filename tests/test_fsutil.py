@@ -37,7 +37,8 @@ def test_never_a_file_the_current_directory_the_cache_or_the_input(tmp_path, mon
         (tmp_path / "proj" / "sub", {}, "current directory"),
         (tmp_path / "proj", {}, "current directory"),  # a parent of CWD
         (tmp_path / "c", {"cache": tmp_path / "c" / "cache"}, "cache folder"),
-        (tmp_path / "b", {"inputs": [tmp_path / "b"]}, "would replace the input"),
+        (tmp_path / "b", {"inputs": [tmp_path / "b"]}, "would replace"),
+        (tmp_path / "b" / "shards", {"inputs": [tmp_path / "b"]}, "would replace"),  # inside the input
         (tmp_path / "home", {}, "home folder"),
     ]
     for path, kw, message in cases:
