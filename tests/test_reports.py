@@ -209,3 +209,19 @@ def test_mining_report_has_one_score_schema_and_histograms_add_up(built):
     assert dense["removed"]["relative_margin"] > 0
     for name, n in dense["removed"].items():
         assert sum(dense["score_histograms"]["removed"].get(name, [0])) == n, name
+
+
+def test_every_markdown_table_row_has_as_many_cells_as_its_header(built):
+    """A row with one cell more than its header loses that cell when rendered (it did: shared_corpus)."""
+    mds = list((built["out"] / "reports").glob("*.md"))
+    assert mds
+    for md in mds:
+        header = None
+        for line in md.read_text(encoding="utf-8").splitlines():
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+            if header is None:
+                header = cells
+            assert cells == header, f"{md.name}: {line[:120]}"

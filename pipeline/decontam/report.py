@@ -190,7 +190,7 @@ def _per_source_md(doc: dict) -> list[str]:
     sources = doc["sources"]
     keys = list(named.DECONTAMINATION_KEYS)
     header, body = named.table(sources, keys)
-    header += ["negatives removed", "exact", "ngram", "near_dup"]
+    header += ["negatives removed", *_METHODS]
     for row in body:
         if row[0] == "total" and "total" not in sources:
             m = doc["totals"]["rows_matched_by_method"]
@@ -202,7 +202,8 @@ def _per_source_md(doc: dict) -> list[str]:
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in body]
     lines += ["", *(f"- *{named.COLUMN[k].label}*: {named.COLUMN[k].meaning}." for k in keys),
               "- *negatives removed*: negatives taken out of a published row (negative policy drop_negative).",
-              "- *exact, ngram, near_dup*: rows (raw rows and corpus documents) each method matched; a row can match several."]
+              f"- *{', '.join(_METHODS)}*: rows (raw rows and corpus documents) each method matched; a row can match several "
+              "(shared_corpus: test queries and test-relevant documents of a corpus the test set shares, by id)."]
     return lines
 
 
