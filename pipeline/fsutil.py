@@ -120,7 +120,7 @@ def staged_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
+        normalize_permissions(tmp)
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
@@ -131,6 +131,27 @@ def staged_dir(final: Path, *, prefix: str | None = None) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def normalize_permissions(root: Path, *, newer_than: float | None = None) -> None:
+    """Give ``root`` and everything under it the permissions a plain ``open``/``mkdir`` would
+    (``0o666`` / ``0o777`` minus the umask; executables keep their x bits). Libraries that write
+    through ``mkstemp`` leave private 0600 files (safetensors' model files did), which colleagues
+    on a shared cluster could not read. ``newer_than`` (a ``time.time()``): only what was
+    written since then, so a user's own files in an ``--overwrite`` folder keep their modes."""
+    umask = _umask()
+    os.chmod(root, 0o777 & ~umask)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            q = os.path.join(dirpath, d)
+            if newer_than is None or os.stat(q).st_mtime >= newer_than:
+                os.chmod(q, 0o777 & ~umask)
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            if os.path.islink(p) or (newer_than is not None and os.stat(p).st_mtime < newer_than):
+                continue
+            x = 0o111 if os.stat(p).st_mode & 0o100 else 0
+            os.chmod(p, (0o666 | x) & ~umask)
 
 
 def mirror_fingerprint(repo_dir: Path) -> list:

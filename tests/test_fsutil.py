@@ -2,6 +2,8 @@
 
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -52,9 +54,14 @@ def test_staged_dir_publishes_with_the_umask_permissions_not_0700(tmp_path):
     try:
         with staged_dir(tmp_path / "out") as tmp:
             (tmp / "f").write_text("x")
+            fd, private = tempfile.mkstemp(dir=tmp)  # how safetensors-style atomic writers leave files: 0600
+            os.close(fd)
+            (tmp / "sub").mkdir(mode=0o700)
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "out" / Path(private).name).stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "out" / "sub").stat().st_mode) == 0o755
 
 
 def test_staged_dir_never_replaces_a_file(tmp_path):

@@ -414,7 +414,9 @@ def test_init_alone_is_enough_and_a_disagreeing_model_is_named(tmp_path):
     assert r4.exit_code == 2 and "--model" in r4.output and "--init" in r4.output
 
 
-def test_sigint_saves_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_saves_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path, sig):
+    """Ctrl-C, and a scheduler's SIGTERM (preemption), checkpoint the last finished step."""
     build = write_build(tmp_path / "b", role_rows(40, seed=9))
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "nvdata.cli", "train", "--recipe", "stage1", "--data", str(build), "--model", "minilm",
@@ -427,7 +429,7 @@ def test_sigint_saves_a_checkpoint_and_the_rerun_resumes_from_it(tmp_path):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no training step within 240 s"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     done = len(metrics.read_text().splitlines())  # steps finished before the interrupt (no periodic checkpoint yet)

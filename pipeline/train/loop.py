@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from nvdata.errors import NvdataError, reject_unknown_keys
-from nvdata.fsutil import staged_dir
+from nvdata.fsutil import normalize_permissions, staged_dir
 from nvdata.preflight import preflight
 from nvdata.train.data import BATCH_MODES, batch_stream, collate, shard_files
 from nvdata.train.loss import InfoNCELoss, contrastive_backward
@@ -371,6 +371,8 @@ def train(
     run_tokens, run_padded, run_steps, losses = 0, 0, 0, []
     last_ckpt = resume_from
     rng_before_step = _rng_state()
+    stop_on_sigterm = _sigterm_as_interrupt()
+    stop_on_sigterm.__enter__()  # a scheduler's SIGTERM (preemption) checkpoints like Ctrl-C
     try:
         with metrics_path.open("a") as metrics, progress:
             while step < cfg.max_steps:
@@ -441,11 +443,15 @@ def train(
         progress.say(f"interrupted at step {step} of {cfg.max_steps}: checkpoint saved to {last_ckpt}; "
                      "run the same command again to resume from it")
         raise
+    finally:
+        stop_on_sigterm.__exit__(None, None, None)
     elapsed = time.perf_counter() - t_start
     if run_steps or last_ckpt is None or _ckpt_step(last_ckpt) != step:
         last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
                                     _state(cfg, step, epoch, batch_in_epoch), cfg.keep_checkpoints)
+    saved_at = time.time() - 1  # mtime granularity
     emb.save(out)
+    normalize_permissions(out, newer_than=saved_at)  # model files readable by colleagues, as the rest of --out
     summary = {
         "stage": cfg.stage,
         "steps": step,
@@ -493,14 +499,35 @@ def _base_model(model: str | None, *, init: Path | None, resume_from: Path | Non
 
 @contextmanager
 def _sigint_ignored():
+    """Ctrl-C and SIGTERM wait while a checkpoint is written (never half a checkpoint)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (Slurm / Kubernetes preemption, ``kill``) stops training the way Ctrl-C does:
+    a checkpoint of the last finished step, then the interrupt, instead of losing every step
+    since the last ``save_every``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _state(cfg: TrainConfig, step: int, epoch: int, batch_in_epoch: int) -> dict:
