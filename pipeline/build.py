@@ -38,7 +38,7 @@ from nvdata.engine import (  # noqa: F401  (re-exported: the stage contract live
     stage_folder,
 )
 from nvdata.engine.local import decontaminate as _decontaminate_stage
-from nvdata.engine.local import min_limit as _min_limit
+from nvdata.engine import min_limit as _min_limit
 from nvdata.stages.decontaminate import DECONTAM_FIELDS  # noqa: F401
 
 

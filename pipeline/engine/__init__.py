@@ -67,6 +67,12 @@ ENGINES = ("local", "ray")
 STAGES = ("download", "decontaminate", "format", "mine", "write")
 
 
+def min_limit(*limits: int | None) -> int | None:
+    """The tightest of the row limits given (``--limit``, a source's ``limit``); None when none is."""
+    given = [x for x in limits if x is not None]
+    return min(given) if given else None
+
+
 def key_of(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
@@ -117,7 +123,6 @@ class SourceResult:
     name: str
     task_type: str
     raw_rows: int = 0
-    decontam_dropped: int = 0
     rows: int = 0
     mean_negatives: float = 0.0
     rows_file: Path | None = None

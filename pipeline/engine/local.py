@@ -18,6 +18,7 @@ from nvdata.engine import (
     StageOutputs,
     decontaminate_key,
     instructions_key,
+    min_limit,
     plan,
     stage_folder,
 )
@@ -27,11 +28,6 @@ from nvdata.stages import decontaminate as dstage
 from nvdata.stages.io import release_memory
 from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
-
-
-def min_limit(*limits: int | None) -> int | None:
-    given = [x for x in limits if x is not None]
-    return min(given) if given else None
 
 
 def decontaminate(raw: RawSource, recipe, index, cache: Path, batch_rows: int) -> tuple[Path, str]:
@@ -83,7 +79,6 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
             release_memory()
             decontam_dirs[name] = (after.folder, after.key)
             all_hits.extend(json.loads((after.folder / "hits.json").read_text()))
-            results[name].decontam_dropped = after.dropped
             results[name].details.update(after.details)
             say("decontaminate", done, len(raws),
                 f"{name}: {named_counts.decontamination_line(after.details['decontam_counts'])}")

@@ -16,19 +16,13 @@ from pathlib import Path
 from nvdata.engine import bm25_key, dense_key, format_key, key_of
 
 
-def main_table(task_type: str) -> str:
-    """The counts.json table whose drops are the source's row drops."""
-    return "pairs" if task_type == "retrieval" else task_type
-
-
 @dataclass(frozen=True)
 class Decontaminated:
     """A source after every decontamination step: its folder and key (the format stage's
-    input), ``dropped`` rows of its main table, and the ``SourceResult.details`` it adds."""
+    input) and the ``SourceResult.details`` it adds (the named counts come from them)."""
 
     folder: Path
     key: str
-    dropped: int
     details: dict = field(default_factory=dict)
 
 
@@ -44,14 +38,13 @@ def after_decontamination(entry, folder: Path, key: str, recipe, cache: Path,
 
     folder, key = shared_corpus_stage(entry, folder, key, recipe, cache, mirror)
     counts = json.loads((folder / "counts.json").read_text())
-    dropped = counts[main_table(entry.task_type)]["dropped"]
     details: dict = {}
     if entry.name in recipe.test_similarity.active_sources():  # arXiv 2405.17428 v3 section 4.2
         folder, key = similarity_filter(entry, recipe, folder, key, cache, mirror)
         details["test_similarity"] = json.loads((folder / "report.json").read_text())
         counts = json.loads((folder / "counts.json").read_text())
     details["decontam_counts"] = counts
-    return Decontaminated(folder, key, dropped, details)
+    return Decontaminated(folder, key, details)
 
 
 def source_format_key(entry, dkey: str, recipe, instr_key: str, max_rows: int | None) -> str:

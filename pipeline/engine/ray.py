@@ -64,10 +64,10 @@ from nvdata.engine import (
     StageOutputs,
     decontaminate_key,
     instructions_key,
+    min_limit,
     plan,
     stage_folder,
 )
-from nvdata.engine.local import min_limit
 from nvdata.errors import NvdataError
 from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
@@ -531,7 +531,6 @@ class _Run:
             said += 1
             final[name] = (got.folder, got.key)
             r = self.results[name]
-            r.decontam_dropped = got.dropped
             r.details.update(got.details)
             ctx.say("decontaminate", said, len(raws),
                     f"{name}: {named_counts.decontamination_line(got.details['decontam_counts'])}")

@@ -371,8 +371,7 @@ def train(
     run_tokens, run_padded, run_steps, losses = 0, 0, 0, []
     last_ckpt = resume_from
     rng_before_step = _rng_state()
-    stop_on_sigterm = _sigterm_as_interrupt()
-    stop_on_sigterm.__enter__()  # a scheduler's SIGTERM (preemption) checkpoints like Ctrl-C
+    term_handler = _sigterm_raises_interrupt()  # a scheduler's SIGTERM (preemption) checkpoints like Ctrl-C
     try:
         with metrics_path.open("a") as metrics, progress:
             while step < cfg.max_steps:
@@ -444,7 +443,8 @@ def train(
                      "run the same command again to resume from it")
         raise
     finally:
-        stop_on_sigterm.__exit__(None, None, None)
+        if term_handler is not None:
+            signal.signal(signal.SIGTERM, term_handler)
     elapsed = time.perf_counter() - t_start
     if run_steps or last_ckpt is None or _ckpt_step(last_ckpt) != step:
         last_ckpt = save_checkpoint(out, emb, optimizer, scheduler,
@@ -511,23 +511,18 @@ def _sigint_ignored():
             signal.signal(sig, handler)
 
 
-@contextmanager
-def _sigterm_as_interrupt():
-    """SIGTERM (Slurm / Kubernetes preemption, ``kill``) stops training the way Ctrl-C does:
+def _sigterm_raises_interrupt():
+    """Make SIGTERM (Slurm / Kubernetes preemption, ``kill``) stop training the way Ctrl-C does:
     a checkpoint of the last finished step, then the interrupt, instead of losing every step
-    since the last ``save_every``."""
+    since the last ``save_every``. Returns the handler to restore (None off the main thread,
+    where signals cannot be handled)."""
     if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+        return None
 
     def on_term(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal.signal(signal.SIGTERM, on_term)
 
 
 def _state(cfg: TrainConfig, step: int, epoch: int, batch_in_epoch: int) -> dict:
