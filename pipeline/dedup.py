@@ -12,7 +12,7 @@ type: classification and clustering rows are (text, label or example) pairs.
 
 Example::
 
-    >>> d = RowDeduplicator()
+    >>> d = FirstSeen()
     >>> d.keep_new([row_key("Which planets have rings?", "Saturn."),
     ...             row_key("which planets have rings", "saturn")]).tolist()
     [True, False]
@@ -42,11 +42,16 @@ def row_key(query: str, positive: str) -> bytes:
     return h.digest()
 
 
-class RowDeduplicator:
-    """The row identities seen so far (one source's rows, in order), as sorted runs of
-    ``KEY_BYTES``-byte keys merged log-structured: 12 bytes per row and no Python object per
-    row, so a 64M-row source fits in memory; a lookup is a ``searchsorted`` per run (a handful
-    of runs at any time)."""
+def id_key(identifier: str) -> bytes:
+    """A ``KEY_BYTES`` key of an exact id string (a document id, a content id) for :class:`FirstSeen`."""
+    return hashlib.blake2b(identifier.encode("utf-8"), digest_size=KEY_BYTES).digest()
+
+
+class FirstSeen:
+    """The keys seen so far (a source's rows or documents, in order), as sorted runs of
+    ``KEY_BYTES``-byte keys merged log-structured: 12 bytes per key and no Python object per
+    key, so a 64M-row source fits in memory (a ``set`` of its ids took ~110 bytes each); a
+    lookup is a ``searchsorted`` per run (a handful of runs at any time)."""
 
     def __init__(self) -> None:
         self.runs: list[np.ndarray] = []
@@ -54,7 +59,7 @@ class RowDeduplicator:
         self.merged = 0  # rows refused as a repeat of an earlier row
 
     def keep_new(self, keys: Sequence[bytes]) -> np.ndarray:
-        """Bool mask over ``keys`` (from :func:`row_key`): True for the first occurrence of each
+        """Bool mask over ``keys`` (from :func:`row_key` or :func:`id_key`): True for the first occurrence of each
         identity, here or in any earlier call; the others are counted in ``merged``."""
         if not len(keys):
             return np.zeros(0, dtype=bool)

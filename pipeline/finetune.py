@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from nvdata import schema
-from nvdata.dedup import RowDeduplicator, row_key
+from nvdata.dedup import FirstSeen, row_key
 from nvdata.errors import NvdataError
 from nvdata.text import text_hash
 
@@ -155,7 +155,7 @@ def _one_spelling_per_text(anchors: list[str], positives: list[str]) -> tuple[li
     def spelling(text: str) -> str:
         return first.setdefault(text_hash(text), text)
 
-    dedup = RowDeduplicator()
+    dedup = FirstSeen()
     keep = dedup.keep_new([row_key(a, p) for a, p in zip(anchors, positives, strict=True)])
     kept_a = [spelling(a) for a, k in zip(anchors, keep) if k]
     kept_p = [spelling(p) for p, k in zip(positives, keep) if k]

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nvdata.dedup import RowDeduplicator, row_key
+from nvdata.dedup import FirstSeen, row_key
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import labels as lab
 from nvdata.registry import SourceEntry
@@ -350,7 +350,7 @@ class _Rows:
     task_type: str
     ins: Instruction
     method: str
-    dedup: RowDeduplicator = field(default_factory=RowDeduplicator)
+    dedup: FirstSeen = field(default_factory=FirstSeen)
     cols: dict = field(default_factory=lambda: {k: [] for k in ("id", "query", "positive", "negatives",
                                                                  "query_id", "positive_id", "key")})
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from nvdata.dedup import FirstSeen, id_key
 from nvdata.errors import NvdataError
 from nvdata.registry import SourceEntry
 from nvdata.schema import RAW_RETRIEVAL_CORPUS, RAW_RETRIEVAL_PAIRS
@@ -45,7 +46,7 @@ def map_passages(entry: SourceEntry, batches: Iterator[pa.Table]) -> Iterator[tu
     """
     qcol, pcol = entry.columns["query"], entry.columns["positive"]
     ncol = entry.columns.get("negatives")
-    seen: set[str] = set()
+    seen = FirstSeen()  # 12 bytes per passage id, no Python object per passage
     pair_no = 0
     row = 0
     for b in batches:
@@ -57,13 +58,11 @@ def map_passages(entry: SourceEntry, batches: Iterator[pa.Table]) -> Iterator[tu
         negatives = b.column(ncol).to_pylist() if ncol else [None] * len(queries)
         ids = b.column("query_id").to_pylist() if "query_id" in b.column_names else [None] * len(queries)
         pairs = {k: [] for k in RAW_RETRIEVAL_PAIRS.names}
-        docs = {"doc_id": [], "text": []}
+        docs = {"doc_id": [], "text": []}  # every passage of the batch; first sightings kept below
 
         def add_doc(docid: str, text: str) -> None:
-            if docid not in seen:
-                seen.add(docid)
-                docs["doc_id"].append(docid)
-                docs["text"].append(text)
+            docs["doc_id"].append(docid)
+            docs["text"].append(text)
 
         for q, pos, neg, qid in zip(queries, positives, negatives, ids):
             if not isinstance(q, str):
@@ -82,6 +81,8 @@ def map_passages(entry: SourceEntry, batches: Iterator[pa.Table]) -> Iterator[tu
             for p in neg or ():
                 add_doc(*_passage(p, entry, row, ncol))
             row += 1
+        new = seen.keep_new([id_key(d) for d in docs["doc_id"]])
+        docs = {k: [v for v, keep in zip(vals, new) if keep] for k, vals in docs.items()}
         yield pa.table(pairs, schema=RAW_RETRIEVAL_PAIRS), pa.table(docs, schema=RAW_RETRIEVAL_CORPUS)
 
 

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nvdata import layouts
+from nvdata.dedup import FirstSeen, id_key
 from nvdata.errors import NvdataError
 from nvdata.fsutil import mirror_fingerprint, staged_dir
 from nvdata.registry import SourceEntry
@@ -106,7 +107,7 @@ def stream_split(
         if mirror is None and entry.revision:
             kwargs["revision"] = entry.revision  # a mirror is one snapshot: no revisions to pick
     try:
-        ds = datasets.load_dataset(path, config, **kwargs)
+        ds = _streaming_dataset(path, config, **kwargs)
     except NvdataError:
         raise
     except Exception as e:  # datasets raises many types; name the source in every one
@@ -122,6 +123,18 @@ def stream_split(
             f"source {entry.name!r}: reading {path} config={config!r} split={split!r} failed: "
             f"{type(e).__name__}: {e}"
         ) from e
+
+
+def _streaming_dataset(path: str, config: str | None, **kwargs):
+    """``datasets.load_dataset(..., streaming=True)``, resharded: a Parquet source becomes one
+    shard per row group (``IterableDataset.reshard``; same rows, same order). As one shard per
+    file, Arrow's scanner decoded a whole file ahead of the reader (pyarrow 26: the memory of an
+    800k-row download held ~400 MiB of decoded rows, the rest of the file; ``bench_scale.py``);
+    per row group it holds one. Other formats have nothing to split and stream as before."""
+    import datasets
+
+    ds = datasets.load_dataset(path, config, **kwargs)
+    return ds.reshard() if hasattr(ds, "reshard") else ds
 
 
 def _limited(batches: Iterator[pa.Table], limit: int | None) -> Iterator[pa.Table]:
@@ -160,25 +173,22 @@ def _text(value, entry: SourceEntry, row: int, field: str) -> str:
 def _map_pairs(entry, batches) -> Iterator[tuple[pa.Table, pa.Table]]:
     """Pair-only retrieval: rows + the distinct positives as the candidate pool."""
     qcol, pcol = entry.columns["query"], entry.columns["positive"]
-    seen_docs: set[str] = set()
+    seen_docs = FirstSeen()  # 12 bytes per document, no Python object per row
     row = 0
     for b in batches:
         queries, positives = _column(b, qcol, entry, "query"), _column(b, pcol, entry, "positive")
         out = {k: [] for k in RAW_RETRIEVAL_PAIRS.names}
-        docs = {"doc_id": [], "text": []}
         for q, p in zip(queries, positives):
             q, p = _text(q, entry, row, qcol), _text(p, entry, row, pcol)
-            pid = content_id(p)
             out["row_index"].append(row)
             out["query_id"].append(content_id(q))
             out["query"].append(q)
-            out["positive_id"].append(pid)
+            out["positive_id"].append(content_id(p))
             out["positive"].append(p)
-            if pid not in seen_docs:
-                seen_docs.add(pid)
-                docs["doc_id"].append(pid)
-                docs["text"].append(p)
             row += 1
+        new = seen_docs.keep_new([id_key(pid) for pid in out["positive_id"]])
+        docs = {"doc_id": [d for d, k in zip(out["positive_id"], new) if k],
+                "text": [t for t, k in zip(out["positive"], new) if k]}
         yield (
             pa.table(out, schema=RAW_RETRIEVAL_PAIRS),
             pa.table(docs, schema=RAW_RETRIEVAL_CORPUS),

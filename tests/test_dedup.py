@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from nvdata.dedup import RowDeduplicator, row_key
+from nvdata.dedup import FirstSeen, row_key
 from nvdata.instruct import FormatConfig, format_source
 from nvdata.text import content_id
 
@@ -14,7 +14,7 @@ def test_row_key_is_the_normalized_pair():
     assert row_key("Which planets have rings?", "Saturn.") == row_key("which  planets have ri\u00adngs", "SATURN")
     assert row_key("a", "b c") != row_key("a b", "c")  # the two texts stay apart
     assert row_key("a", "b") != row_key("b", "a")
-    d = RowDeduplicator()
+    d = FirstSeen()
     keys = [row_key(q, p) for q, p in [("q", "p"), ("Q!", "p"), ("q", "p2"), ("q ", " P")]]
     assert d.keep_new(keys).tolist() == [True, False, True, False]
     assert d.keep_new([row_key("q", "P."), row_key("x", "y")]).tolist() == [False, True]  # across calls
