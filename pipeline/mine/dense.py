@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import os
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -252,10 +255,15 @@ def _query_prompt(enc: Encoder, mode: str, instruction: str) -> str | None:
 
 
 class _Scratch:
-    """The miner's side tables (per row, per query, per corpus document) as ``.npy`` files
-    memory-mapped from a temporary folder, so they live in the page cache, not in the heap."""
+    """The miner's work folder: side tables (per row, per query, per corpus document) as
+    ``.npy`` files memory-mapped from it, so they live in the page cache, not in the heap, and
+    any process that reaches the folder (a Ray actor on another node) can open them again."""
 
-    def __init__(self, parent: Path | None):
+    def __init__(self, parent: Path | None = None, *, root: Path | None = None):
+        if root is not None:
+            self.root = Path(root)
+            self.root.mkdir(parents=True, exist_ok=True)
+            return
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=".dense-", dir=parent))
@@ -263,11 +271,30 @@ class _Scratch:
     def array(self, name: str, shape, dtype, fill=None) -> np.ndarray:
         shape = tuple(np.atleast_1d(shape).tolist())
         if int(np.prod(shape)) == 0:
+            np.save(self.root / f"{name}.npy", np.zeros(shape, dtype=dtype))
             return np.zeros(shape, dtype=dtype)
         a = np.lib.format.open_memmap(self.root / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
         if fill is not None:
             a[...] = fill
         return a
+
+    def load(self, name: str, mode: str = "r") -> np.ndarray | None:
+        """A table written by :meth:`array` (``mode`` ``r`` or ``r+``); None if never written."""
+        path = self.root / f"{name}.npy"
+        if not path.exists():
+            return None
+        try:
+            return np.load(path, mmap_mode=mode)
+        except ValueError:  # an empty table cannot be mapped
+            return np.load(path)
+
+    def write_json(self, name: str, value: dict) -> None:
+        tmp = self.root / f".{name}.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, self.root / f"{name}.json")
+
+    def read_json(self, name: str) -> dict:
+        return json.loads((self.root / f"{name}.json").read_text())
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -382,46 +409,67 @@ def _check_corpus(chunk, source: str) -> None:
             raise NvdataError(f"dense mining [{source}]: corpus has null {col!r}")
 
 
+def query_chunks(rows_files, firsts: np.ndarray, cfg: DenseConfig, batch_rows: int, on_batch=None):
+    """The chunks the queries are embedded in, in order: ``(instruction, qs, texts)``.
+
+    Each query's text is its first row's (``firsts``, ascending row numbers, one per query);
+    queries are grouped by prompt (one per distinct ``instruction`` under
+    ``query_prompt='instruction'``, else one group with ``instruction`` None) and a group is
+    flushed at ``cfg.chunk_size`` texts, the rest at the end, groups in first-seen order.
+    ``qs`` are the queries' numbers. The miner embeds these chunks itself; a distributed
+    executor embeds the same chunks first on its encoder pool, into the content-keyed cache,
+    and the miner then finds every one there. ``on_batch(q0, texts, qids)`` sees each batch's
+    first rows (queries ``q0..``) as they are read.
+    """
+    by_instruction = cfg.query_prompt == "instruction"
+    pending: dict[str | None, tuple[list[int], list[str]]] = {}
+    r = q = 0
+    for b in iter_batches(rows_files, batch_rows=batch_rows, columns=["query_id", "query", "instruction"]):
+        lo, hi = np.searchsorted(firsts, [r, r + b.num_rows])
+        if hi > lo:
+            take = pa.array(np.asarray(firsts[lo:hi]) - r)
+            texts = b.column("query").take(take).to_pylist()
+            instructions = b.column("instruction").take(take).to_pylist() if by_instruction else None
+            if on_batch is not None:
+                on_batch(q, texts, b.column("query_id").take(take).cast(pa.string()).to_pylist())
+            for i, text in enumerate(texts):
+                key = instructions[i] if by_instruction else None
+                qs, group = pending.setdefault(key, ([], []))
+                qs.append(q + i)
+                group.append(text)
+                if len(group) == cfg.chunk_size:
+                    yield key, np.asarray(qs, dtype=np.int64), list(group)
+                    qs.clear(), group.clear()
+            q += len(texts)
+        r += b.num_rows
+    for key, (qs, group) in pending.items():
+        if qs:
+            yield key, np.asarray(qs, dtype=np.int64), group
+
+
+def query_prompt(enc: Encoder, cfg: DenseConfig, instruction: str | None) -> str | None:
+    """The prompt a chunk of :func:`query_chunks` is embedded with (its ``instruction``)."""
+    return _query_prompt(enc, cfg.query_prompt, instruction)
+
+
 def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: Encoder, cfg: DenseConfig,
                    seed: int, scratch: _Scratch, batch_rows: int) -> np.ndarray:
-    """Second pass: each query's text (its first row's), embedded in chunks of ``chunk_size``
-    queries per prompt (one prompt per distinct instruction), into a memory-mapped array."""
+    """Second pass: each query's text (its first row's), embedded in the chunks of
+    :func:`query_chunks` into a memory-mapped array; its text hash and seed noted on the way."""
     n_q = queries.n_q
     q_emb = scratch.array("q_emb", (n_q, enc.dim), np.float32)
     queries.query_hashes = scratch.array("query_hashes", n_q, np.int64)
     queries.seeds = scratch.array("seeds", n_q, np.uint64) if cfg.sampling == "random" else None
-    pending: dict[str | None, tuple[list[int], list[str]]] = {}
 
-    def flush(prompt, upto: int) -> None:
-        qs, texts = pending[prompt]
-        q_emb[qs[:upto]] = cache.embed(texts[:upto], prompt=prompt)
-        del qs[:upto], texts[:upto]
+    def on_batch(q0: int, texts: list[str], qids: list[str]) -> None:
+        queries.query_hashes[q0 : q0 + len(texts)] = [hash_code(t) for t in texts]
+        if queries.seeds is not None:
+            queries.seeds[q0 : q0 + len(texts)] = row_seeds(seed, qids)
+
+    for instruction, qs, texts in query_chunks(rows_files, queries.firsts, cfg, batch_rows, on_batch):
+        q_emb[qs] = cache.embed(texts, prompt=query_prompt(enc, cfg, instruction))
+        del texts
         release_memory()
-
-    r, q = 0, 0
-    firsts = queries.firsts
-    for b in iter_batches(rows_files, batch_rows=batch_rows, columns=["query_id", "query", "instruction"]):
-        lo, hi = np.searchsorted(firsts, [r, r + b.num_rows])
-        if hi > lo:
-            take = pa.array(firsts[lo:hi] - r)
-            texts = b.column("query").take(take).to_pylist()
-            instructions = b.column("instruction").take(take).to_pylist()
-            qids = b.column("query_id").take(take).cast(pa.string()).to_pylist()
-            queries.query_hashes[q : q + len(texts)] = [hash_code(t) for t in texts]
-            if queries.seeds is not None:
-                queries.seeds[q : q + len(texts)] = row_seeds(seed, qids)
-            for i, (text, ins) in enumerate(zip(texts, instructions)):
-                prompt = _query_prompt(enc, cfg.query_prompt, ins)
-                qs, group = pending.setdefault(prompt, ([], []))
-                qs.append(q + i)
-                group.append(text)
-                if len(group) == cfg.chunk_size:
-                    flush(prompt, cfg.chunk_size)
-            q += len(texts)
-        r += b.num_rows
-    for prompt, (qs, _) in pending.items():
-        if qs:
-            flush(prompt, len(qs))
     return q_emb
 
 
@@ -509,24 +557,17 @@ def mine_dense_files(
     ``rows_files`` (``schema.FORMATTED``) and ``corpus_files`` (``schema.RAW_RETRIEVAL_CORPUS``)
     are read in record batches of ``batch_rows`` (corpus: ``chunk_size``) rows, several times:
     (1) query numbering and the per-query positive codes, (2) query embeddings, (3) corpus
-    embeddings into the content-keyed cache, positives located by id, (4) search, filters and
-    selection one block of queries at a time against the memory-mapped corpus embeddings,
-    (5) the rows written batch by batch in input order. Side tables (per row and per query)
-    are memory-mapped ``.npy`` files under ``work_dir`` (a temporary folder, removed after).
+    embeddings into the content-keyed cache, positives located by id (1-3: :func:`prepare`),
+    (4) search, filters and selection one block of queries at a time against the memory-mapped
+    corpus embeddings (:func:`search_block`), (5) the blocks merged and the rows written batch
+    by batch in input order (:func:`finish`). Side tables (per row and per query) are
+    memory-mapped ``.npy`` files in a temporary folder under ``work_dir``, removed after. A
+    distributed executor runs the same phases, the blocks on several workers.
     """
     t_start = time.perf_counter()
-    rows_files = [rows_files] if isinstance(rows_files, (str, Path)) else list(rows_files)
-    corpus_files = [corpus_files] if isinstance(corpus_files, (str, Path)) else list(corpus_files)
-    n_rows = num_rows(rows_files)
-    in_schema = pq.read_schema(rows_files[0])
-    out_schema = _output_schema(in_schema)
-    if n_rows == 0:
-        pq.write_table(out_schema.empty_table(), out_file, compression="zstd")
-        sources: set[str] = set()
-        for b in iter_batches(rows_files, batch_rows=batch_rows):
-            _check_rows(b, sources)
-        return _report_skeleton("?", cfg, None, 0, num_rows(corpus_files), 0)
-
+    rows_files, corpus_files = _file_list(rows_files), _file_list(corpus_files)
+    if num_rows(rows_files) == 0:
+        return _mine_empty(rows_files, corpus_files, out_file, cfg, batch_rows)
     enc = encoder if isinstance(encoder, Encoder) else load_encoder(
         encoder, device=device, dtype=cfg.dtype, max_seq_length=cfg.max_seq_length
     )
@@ -535,8 +576,13 @@ def mine_dense_files(
     scratch = _Scratch(work_dir)
     try:
         with EmbeddingCache(Path(cache_dir), enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
-            report = _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg, enc, cache, seed,
-                           scratch, batch_rows)
+            group_queries(rows_files, scratch.root, batch_rows)
+            meta = prepare(rows_files, corpus_files, scratch.root, cfg, enc=enc, cache=cache, seed=seed,
+                           batch_rows=batch_rows)
+            doc_hash = scratch.array("doc_hash", meta["n_corpus"], np.int64, fill=0)
+            for s in meta["blocks"]:
+                search_block(scratch.root, s, cfg, device=enc.device, doc_hash=doc_hash)
+            report = finish(rows_files, out_file, scratch.root, cfg, batch_rows=batch_rows)
             enc_after = enc.stats.to_dict()
             report["encode"] = {
                 **cache.stats.to_dict(),
@@ -550,6 +596,18 @@ def mine_dense_files(
     return report
 
 
+def _file_list(files) -> list[Path]:
+    return [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+
+
+def _mine_empty(rows_files, corpus_files, out_file, cfg: DenseConfig, batch_rows: int) -> dict:
+    pq.write_table(_output_schema(pq.read_schema(rows_files[0])).empty_table(), out_file, compression="zstd")
+    sources: set[str] = set()
+    for b in iter_batches(rows_files, batch_rows=batch_rows):
+        _check_rows(b, sources)
+    return _report_skeleton("?", cfg, None, 0, num_rows(corpus_files), 0)
+
+
 def _output_schema(in_schema: pa.Schema) -> pa.Schema:
     fmt = schema.FORMATTED
     out = in_schema
@@ -559,13 +617,70 @@ def _output_schema(in_schema: pa.Schema) -> pa.Schema:
     return out
 
 
-def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConfig, enc: Encoder,
-          cache: EmbeddingCache, seed: int, scratch: _Scratch, batch_rows: int) -> dict:
+# -- the phases: plain functions over a work folder, so any process can run any of them ----------
+
+
+def query_block_size(cfg: DenseConfig) -> int:
+    """Queries per search block: whole multiples of the search's own query batches, so every
+    search call sees the same queries whatever the block size (results equal to one block,
+    bit for bit). Never depends on how many workers search the blocks."""
+    return cfg.search_batch_size * max(1, -(-_QUERY_BLOCK // cfg.search_batch_size))
+
+
+def group_queries(rows_files, work: Path, batch_rows: int = BATCH_ROWS) -> dict:
+    """Phase 1 (no encoder): number the queries of ``rows_files`` and index their positives,
+    as side tables in ``work``; returns (and saves) ``{"n_rows", "n_q", "source", ...}``.
+    ``firsts.npy`` then holds each query's first row (:func:`query_chunks` reads it)."""
+    rows_files, scratch = _file_list(rows_files), _Scratch(root=work)
+    n_rows = num_rows(rows_files)
+    if n_rows == 0:
+        raise NvdataError("dense mining: no rows to group")
     queries, source = _group_rows(rows_files, n_rows, scratch, batch_rows)
+    _flush(queries.of_row, queries.row_by_q, queries.q_off, queries.ph_values, queries.ph_off, queries.firsts,
+           queries.pid_keys, queries.qid_keys)
+    for name in ("gkey", "pos_hash"):  # only needed while grouping
+        (scratch.root / f"{name}.npy").unlink(missing_ok=True)
+    grouped = {"n_rows": n_rows, "n_q": queries.n_q, "source": source, "max_positives": queries.max_positives}
+    scratch.write_json("grouped", grouped)
     release_memory()
-    n_q = queries.n_q
+    return grouped
+
+
+def _flush(*arrays) -> None:
+    """Write mapped tables through to their files: another node reads them next."""
+    for a in arrays:
+        if isinstance(a, np.memmap):
+            a.flush()
+
+
+def first_rows(work: Path) -> np.ndarray:
+    """Each query's first row (ascending), from a work folder :func:`group_queries` filled."""
+    return _Scratch(root=work).load("firsts")
+
+
+def _load_queries(scratch: _Scratch) -> _Queries:
+    g = scratch.read_json("grouped")
+    return _Queries(
+        g["n_rows"], g["n_q"], scratch.load("of_row"), scratch.load("row_by_q"), scratch.load("q_off"),
+        scratch.load("ph_values"), scratch.load("ph_off"), g["max_positives"], scratch.load("firsts"),
+        scratch.load("pid"), query_hashes=scratch.load("query_hashes"), qid_keys=scratch.load("qid"),
+        seeds=scratch.load("seeds"),
+    )
+
+
+def prepare(rows_files, corpus_files, work: Path, cfg: DenseConfig, *, enc: Encoder, cache: EmbeddingCache,
+            seed: int, batch_rows: int = BATCH_ROWS, block: int | None = None) -> dict:
+    """Phase 2, after :func:`group_queries`: embed the queries (:func:`query_chunks`), one pass
+    over the corpus (each chunk embedded into ``cache`` or found there; where the positives
+    and the queries' own documents sit, the positives' scores), the positives the corpus
+    lacks. Leaves in ``work`` every table a block search needs and returns (and saves) the
+    plan: ``blocks`` (each block's first query; ``block`` queries each, default
+    :func:`query_block_size`), ``chunks`` (the cached corpus embedding files), ``k_search``."""
+    rows_files, corpus_files, scratch = _file_list(rows_files), _file_list(corpus_files), _Scratch(root=work)
+    enc_before, cache_before = enc.stats.to_dict(), cache.stats.to_dict()
+    queries = _load_queries(scratch)
+    n_rows, n_q, source = queries.n_rows, queries.n_q, scratch.read_json("grouped")["source"]
     n_corpus = num_rows(corpus_files)
-    report = _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q)
     q_emb = _embed_queries(rows_files, queries, cache, enc, cfg, seed, scratch, batch_rows)
     release_memory()
 
@@ -577,7 +692,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
     positive_at = scratch.array("positive_at", n_rows, np.int64, fill=-1)
     positive_score = scratch.array("positive_score", n_rows, np.float32, fill=np.nan)
     own_at = scratch.array("own_at", n_rows, np.int64, fill=-1)  # per row: its query_id's document
-    chunks: list[tuple[Path, int]] = []
+    chunks: list[tuple[str, int]] = []
     texts_path = scratch.root / "corpus_text.arrow"
     with pa.OSFile(str(texts_path), "wb") as sink, pa.ipc.new_file(sink, pa.schema([("text", pa.string())])) as w:
         start = 0
@@ -585,7 +700,7 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             _check_corpus(chunk, source)
             texts = chunk.column("text").to_pylist()
             c_emb = cache.embed(texts, prompt=doc_prompt)
-            chunks.append((cache.path_for(texts, doc_prompt), start))
+            chunks.append((str(cache.path_for(texts, doc_prompt)), start))
             w.write_table(pa.table({"text": chunk.column("text").cast(pa.string())}))
             doc_keys = _digests(chunk.column("doc_id"))
             hr, hc = _first_hits(doc_keys, pid_sorted, pid_order, positive_at)
@@ -599,57 +714,140 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             del texts, c_emb, chunk
             release_memory()
     del pid_order, pid_sorted, qk_order, qk_sorted
+    for name in ("pid_order", "pid_sorted", "qk_order", "qk_sorted"):
+        (scratch.root / f"{name}.npy").unlink(missing_ok=True)
     # Positives the corpus does not hold (it should, but a source may be incomplete).
     missing = _score_missing_positives(rows_files, positive_at, positive_score, q_emb, queries, cache,
                                        doc_prompt, cfg, batch_rows)
     cache.flush()  # the corpus chunks are read back memory-mapped from here on
+    _flush(q_emb, positive_at, positive_score, own_at, queries.query_hashes, queries.seeds)
+    block = block or query_block_size(cfg)
+    enc_after, cache_after = enc.stats.to_dict(), cache.stats.to_dict()
+    plan = {
+        "n_corpus": n_corpus,
+        "k_search": cfg.top_k + min(queries.max_positives, _MAX_POSITIVE_SLACK) + 1,
+        "chunks": chunks,
+        "block": block,
+        "blocks": list(range(0, n_q, block)),
+        "missing": int(missing),
+        "report": _report_skeleton(source, cfg, enc, n_rows, n_corpus, n_q),
+        "encode": {**{k: v - cache_before.get(k, 0) if isinstance(v, (int, float)) else v
+                      for k, v in cache_after.items()},
+                   "batches": enc_after["batches"] - enc_before["batches"],
+                   "seconds": round(enc_after["seconds"] - enc_before["seconds"], 3)},
+    }
+    scratch.write_json("plan", plan)
+    return plan
 
-    corpus_texts = pa.ipc.open_file(pa.memory_map(str(texts_path))).read_all().column("text")
-    k_search = cfg.top_k + min(queries.max_positives, _MAX_POSITIVE_SLACK) + 1
-    num = cfg.num_negatives
+
+def _block_name(s: int) -> str:
+    return f"block-{s:012d}"
+
+
+def search_block(work: Path, s: int, cfg: DenseConfig, *, device: str, doc_hash: np.ndarray | None = None) -> dict:
+    """Phase 3: the queries of the block starting at ``s`` searched exactly against every
+    corpus chunk (top ``k_search`` per query, merged across chunks by the searcher), then the
+    filters and the selection (:func:`_filter_and_select`). Writes the block's choices
+    (``block-<s>.idx.npy`` / ``.scores.npy``, ``(b, num_negatives)``) and its counts
+    (``block-<s>.json``, written last) into ``work``; blocks are independent, so they may run
+    in any order, in any process. ``doc_hash``: a memo of corpus text codes (int64 per
+    document, 0 = not yet hashed) kept across the blocks a process runs; a fresh one if None."""
+    scratch = _Scratch(root=work)
+    plan = scratch.read_json("plan")
+    queries = _load_queries(scratch)
+    n_q, e = queries.n_q, min(queries.n_q, s + plan["block"])
+    if not (0 <= s < n_q and s % plan["block"] == 0):
+        raise ValueError(f"search_block: {s} is not a block start of {n_q} queries")
+    if doc_hash is None:
+        doc_hash = doc_hash_memo(plan["n_corpus"])
+    q_emb = scratch.load("q_emb")
+    t0 = time.perf_counter()
+    searcher = make_searcher(cfg.backend, np.array(q_emb[s:e]), plan["k_search"], device=device,
+                             query_batch_size=cfg.search_batch_size)
+    backend = searcher.backend
+    for path, offset in plan["chunks"]:
+        searcher.add(np.load(path, mmap_mode="r"), offset=offset)
+    cand_scores, cand_idx = searcher.result()
+    del searcher
+    search_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    corpus_texts = pa.ipc.open_file(pa.memory_map(str(scratch.root / "corpus_text.arrow"))).read_all().column("text")
+    block_q = _block_queries(queries, scratch.load("positive_at"), scratch.load("positive_score"),
+                             scratch.load("own_at"), s, e)
+    removed_scores = {k: score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS) for k in FILTER_ORDER}
+    idx, sc, removed, considered = _filter_and_select(
+        cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
+    result = {
+        "start": s, "stop": e, "backend": backend, "retrieved": int((cand_idx >= 0).sum()),
+        "considered": int(considered), "removed": {k: int(v) for k, v in removed.items()},
+        "removed_scores": {k: h.counts.tolist() for k, h in removed_scores.items()},
+        "search_seconds": search_seconds, "filter_seconds": time.perf_counter() - t0,
+        "process": f"{socket.gethostname()}:{os.getpid()}",
+    }
+    del cand_scores, cand_idx, corpus_texts, block_q
+    name = _block_name(s)
+    for suffix, values in (("idx", idx), ("scores", sc)):  # temp then rename: a retried block overwrites
+        tmp = scratch.root / f".{name}.{suffix}.{os.getpid()}.npy"
+        np.save(tmp, values)
+        os.replace(tmp, scratch.root / f"{name}.{suffix}.npy")
+    scratch.write_json(name, result)
+    release_memory()
+    return result
+
+
+def doc_hash_memo(n_corpus: int) -> np.ndarray:
+    """A zero-filled int64 memo of corpus text codes for :func:`search_block`, in an
+    anonymous temporary file (page cache, not heap; gone when the array is)."""
+    if n_corpus == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.memmap(tempfile.TemporaryFile(prefix="nvdata-dochash-"), dtype=np.int64, mode="w+", shape=(n_corpus,))
+
+
+def finish(rows_files, out_file: Path, work: Path, cfg: DenseConfig, *, batch_rows: int = BATCH_ROWS) -> dict:
+    """Phase 4: merge the blocks' results in block order (choices placed by query number,
+    counts and histograms added: exact whatever order they ran in), write every row with its
+    query's negatives to ``out_file`` in input order (:func:`_write_rows`); the report."""
+    rows_files, scratch = _file_list(rows_files), _Scratch(root=work)
+    plan = scratch.read_json("plan")
+    queries = _load_queries(scratch)
+    n_q, num = queries.n_q, cfg.num_negatives
     chosen_idx = scratch.array("chosen_idx", (n_q, num), np.int64)
     chosen_scores = scratch.array("chosen_scores", (n_q, num), np.float32)
-    doc_hash = scratch.array("doc_hash", n_corpus, np.int64, fill=0)  # 0 = not hashed yet
     removed = dict.fromkeys(FILTER_ORDER, 0)
-    removed_scores = {k: score_stats.Histogram(*score_stats.COSINE_RANGE, score_stats.COSINE_BINS) for k in FILTER_ORDER}
+    removed_scores = {k: np.zeros(score_stats.COSINE_BINS, dtype=np.int64) for k in FILTER_ORDER}
     considered = retrieved = 0
     search_seconds = filter_seconds = 0.0
-    backend = None
-    # Query blocks are whole multiples of the search's own query batches, so every search call
-    # sees the same queries whatever the block size (results equal to one block, bit for bit).
-    block = cfg.search_batch_size * max(1, -(-_QUERY_BLOCK // cfg.search_batch_size))
-    for s in range(0, n_q, block):
-        e = min(n_q, s + block)
-        t0 = time.perf_counter()
-        searcher = make_searcher(cfg.backend, np.asarray(q_emb[s:e]), k_search, device=enc.device,
-                                 query_batch_size=cfg.search_batch_size)
-        backend = searcher.backend
-        for path, offset in chunks:
-            searcher.add(np.load(path, mmap_mode="r"), offset=offset)
-        cand_scores, cand_idx = searcher.result()
-        del searcher
-        search_seconds += time.perf_counter() - t0
-        retrieved += int((cand_idx >= 0).sum())
-        t0 = time.perf_counter()
-        block_q = _block_queries(queries, positive_at, positive_score, own_at, s, e)
-        idx, sc, block_removed, block_considered = _filter_and_select(
-            cand_scores, cand_idx, corpus_texts, doc_hash, block_q, cfg, removed_scores)
-        chosen_idx[s:e], chosen_scores[s:e] = idx, sc
-        release_memory()
-        for k, v in block_removed.items():
-            removed[k] += v
-        considered += block_considered
-        filter_seconds += time.perf_counter() - t0
-
-    stats = _write_rows(rows_files, out_file, out_schema, corpus_texts, queries.of_row, chosen_idx, chosen_scores,
-                        positive_score, cfg, scratch, batch_rows)
+    backend, processes = None, set()
+    for s in plan["blocks"]:
+        name = _block_name(s)
+        if not (scratch.root / f"{name}.json").is_file():
+            raise NvdataError(f"dense mining [{plan['report']['source']}]: query block {s} was never searched")
+        got = scratch.read_json(name)
+        chosen_idx[s : got["stop"]] = np.load(scratch.root / f"{name}.idx.npy")
+        chosen_scores[s : got["stop"]] = np.load(scratch.root / f"{name}.scores.npy")
+        for k in FILTER_ORDER:
+            removed[k] += got["removed"][k]
+            removed_scores[k] += np.asarray(got["removed_scores"][k], dtype=np.int64)
+        considered += got["considered"]
+        retrieved += got["retrieved"]
+        search_seconds += got["search_seconds"]
+        filter_seconds += got["filter_seconds"]
+        backend = got["backend"]
+        processes.add(got["process"])
+    corpus_texts = pa.ipc.open_file(pa.memory_map(str(scratch.root / "corpus_text.arrow"))).read_all().column("text")
+    stats = _write_rows(rows_files, out_file, _output_schema(pq.read_schema(rows_files[0])), corpus_texts,
+                        queries.of_row, chosen_idx, chosen_scores, scratch.load("positive_score"), cfg, scratch,
+                        batch_rows)
+    report = plan["report"]
     requested = cfg.num_negatives
     counts_hist = stats["hist"]
     report.update(
         {
             "rows_out": stats["kept"],
-            "positives_not_in_corpus": int(missing),
-            "search": {"backend": backend, "k": int(k_search), "seconds": round(search_seconds, 3)},
+            "positives_not_in_corpus": plan["missing"],
+            "search": {"backend": backend, "k": int(plan["k_search"]), "seconds": round(search_seconds, 3),
+                       "query_blocks": len(plan["blocks"]), "block_size": plan["block"],
+                       "processes": len(processes)},
             "candidates": {
                 "retrieved": int(retrieved),
                 "considered": int(considered),
@@ -669,10 +867,11 @@ def _mine(rows_files, corpus_files, out_file, out_schema, n_rows, cfg: DenseConf
             },
             "scores": stats["scores"],
             "score_histograms": {**stats["score_histograms"], "removed": {
-                k: h.counts.tolist() for k, h in removed_scores.items() if h.counts.any()}},
+                k: h.tolist() for k, h in removed_scores.items() if h.any()}},
         }
     )
     report["timing"] = {"filter_select_seconds": round(filter_seconds, 3)}
+    report["encode"] = plan["encode"]  # the prepare phase's (the local miner's own replaces it)
     return report
 
 
