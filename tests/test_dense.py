@@ -335,3 +335,40 @@ def test_cuda_bf16_mining_agrees_with_cpu(world, encoder, tmp_path):
         for a, b in zip(cpu_rows.column("negatives").to_pylist(), gpu_rows.column("negatives").to_pylist())
     )
     assert same >= 0.9 * 3 * cpu_rows.num_rows
+
+
+def test_query_blocks_run_apart_in_any_order_give_the_same_rows(world, encoder, tmp_path, monkeypatch):
+    """The miner's phases (group, prepare, one search per query block, finish) are plain
+    functions over a work folder: blocks searched in reverse order, each as a fresh process
+    would (no text-hash memo carried over), merge to exactly what the one-process loop writes.
+    A distributed executor (tests/test_ray_mine.py) runs the same blocks on several actors."""
+    import pyarrow.parquet as pq
+
+    from nvdata.mine import dense
+    from nvdata.mine.encode import EmbeddingCache
+
+    rows, corpus = world
+    pq.write_table(rows, tmp_path / "rows.parquet")
+    pq.write_table(corpus, tmp_path / "corpus.parquet")
+    monkeypatch.setattr(dense, "_QUERY_BLOCK", 2)
+    cfg = DenseConfig.from_dict({"num_negatives": 3, "top_k": 12, "search_batch_size": 2, "chunk_size": 5,
+                                 "sampling": "random"}, "test.dense")
+    args = (tmp_path / "rows.parquet", tmp_path / "corpus.parquet")
+    report = dense.mine_dense_files(*args, tmp_path / "loop.parquet", cfg, encoder=encoder, device="cpu",
+                                    cache_dir=tmp_path / "emb", seed=0)
+    assert report["search"]["query_blocks"] == -(-report["queries"] // 2) > 2
+    assert report["search"]["processes"] == 1
+
+    work = tmp_path / "work"
+    dense.group_queries(args[0], work, batch_rows=3)
+    with EmbeddingCache(tmp_path / "emb", encoder, batch_size=cfg.batch_size) as cache:
+        plan = dense.prepare(*args, work, cfg, enc=encoder, cache=cache, seed=0, batch_rows=3)
+        assert cache.stats.to_dict()["misses"] == 0  # the loop's query and corpus chunks, found again
+    with pytest.raises(NvdataError, match="query block 0 was never searched"):
+        dense.finish(args[0], tmp_path / "never.parquet", work, cfg)
+    for s in reversed(plan["blocks"]):
+        dense.search_block(work, s, cfg, device="cpu")
+    apart = dense.finish(args[0], tmp_path / "apart.parquet", work, cfg, batch_rows=3)
+    assert pq.read_table(tmp_path / "apart.parquet").equals(pq.read_table(tmp_path / "loop.parquet"))
+    for key in ("rows_out", "removed", "candidates", "negatives", "shortfall", "scores", "score_histograms"):
+        assert apart[key] == report[key], key

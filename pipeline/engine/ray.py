@@ -180,6 +180,22 @@ def _map_over_pool(ray, items: list[dict], fn_class, pool: Pool, **constructor_k
         raise _unwrap(e) from None
 
 
+def _bounded_map(actor_pool, fn, items, window: int):
+    """``ActorPool.map_unordered`` over an iterator, with at most ``window`` items submitted
+    and not yet collected (``map_unordered`` submits them all first: every query chunk's
+    texts would sit in the driver at once)."""
+    pending = 0
+    for item in items:
+        if pending >= window:
+            yield actor_pool.get_next_unordered()
+            pending -= 1
+        actor_pool.submit(fn, item)
+        pending += 1
+    while pending:
+        yield actor_pool.get_next_unordered()
+        pending -= 1
+
+
 def _as_result(work) -> str:
     """``work()`` as a JSON result row of :func:`_map_over_pool`; bad input as ``{"error"}``."""
     try:
@@ -351,7 +367,9 @@ class _Decontaminator:
 
 class _DenseWorker:
     """Ray actor serving the whole dense mine stage: the encoder is loaded once, then it embeds
-    corpus chunks into the content-keyed cache and mines sources (queries embedded here too)."""
+    corpus chunks and query chunks into the content-keyed cache and runs the dense miner's
+    phases (:mod:`nvdata.mine.dense`: prepare, one query block's search, finish) on work
+    folders in the stage cache, which every node reaches."""
 
     def __init__(self, stage: mstage.DenseEncoder, cache_dir: str):
         import ray
@@ -359,24 +377,70 @@ class _DenseWorker:
         self.stage, self.enc = stage, stage.setup()
         self.cache_dir = Path(cache_dir)
         self.gpus = len(ray.get_gpu_ids())
+        self._memo: tuple[str, object] | None = None  # (work folder, its corpus text codes)
 
-    def embed_chunk(self, path: str, start: int, stop: int) -> dict:
-        """Rows ``[start, stop)`` of a corpus table, embedded as one cache file (kept if there)."""
+    @contextmanager
+    def _cache(self):
         from nvdata.mine.encode import EmbeddingCache, default_num_workers
 
         cfg = self.stage.cfg
         workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.enc.device)
-        prompt = self.enc.prompt("document") if cfg.document_prompt == "model" else None
-        texts = [s for b in iter_row_range(Path(path), start, stop, cfg.chunk_size)
-                 for s in b.column("text").to_pylist()]
         with EmbeddingCache(self.cache_dir, self.enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
+            yield cache
+
+    def _embed(self, texts: list[str], prompt: str | None) -> dict:
+        with self._cache() as cache:
             cached = cache.path_for(texts, prompt).exists()
             if not cached:
                 cache.embed(texts, prompt=prompt)
         return {"texts": len(texts), "cached": cached, "gpus": self.gpus}
 
+    def embed_chunk(self, path: str, start: int, stop: int) -> dict:
+        """Rows ``[start, stop)`` of a corpus table, embedded as one cache file (kept if there)."""
+        cfg = self.stage.cfg
+        prompt = self.enc.prompt("document") if cfg.document_prompt == "model" else None
+        texts = [s for b in iter_row_range(Path(path), start, stop, cfg.chunk_size)
+                 for s in b.column("text").to_pylist()]
+        return self._embed(texts, prompt)
+
+    def embed_queries(self, instruction: str | None, texts: list[str]) -> dict:
+        """One chunk of :func:`nvdata.mine.dense.query_chunks`, embedded as one cache file."""
+        from nvdata.mine import dense
+
+        return self._embed(texts, dense.query_prompt(self.enc, self.stage.cfg, instruction))
+
+    def group(self, job: plan.MinePlan, work: str, batch_rows: int) -> str:
+        from nvdata.mine import dense
+
+        dense.group_queries(job.rows_file, Path(work), batch_rows)
+        return job.name
+
+    def prepare(self, job: plan.MinePlan, seed: int, work: str, batch_rows: int, block: int) -> tuple[str, list]:
+        """The dense miner's prepare phase (its queries and corpus chunks found in the cache)."""
+        from nvdata.mine import dense
+
+        with self._cache() as cache:
+            meta = dense.prepare(job.rows_file, job.corpus, Path(work), self.stage.cfg, enc=self.enc, cache=cache,
+                                 seed=seed, batch_rows=batch_rows, block=block)
+        return job.name, meta["blocks"]
+
+    def search_block(self, name: str, work: str, start: int) -> tuple[str, int, str]:
+        """One query block of a source against all its corpus chunks; results into ``work``."""
+        from nvdata.mine import dense
+
+        if self._memo is None or self._memo[0] != work:
+            self._memo = (work, dense.doc_hash_memo(dense.corpus_size(Path(work))))
+        got = dense.search_block(Path(work), start, self.stage.cfg, device=self.enc.device, doc_hash=self._memo[1])
+        return name, start, got["process"]
+
+    def finish(self, job: plan.MinePlan, work: str, out: str, batch_rows: int) -> tuple[str, dict]:
+        """The blocks merged, the rows and report written into the stage folder ``out``."""
+        self._memo = None
+        return job.name, mstage.finish_dense(job.rows_file, Path(work), cfg=self.stage.cfg, out=Path(out),
+                                             batch_rows=batch_rows)
+
     def mine(self, job: plan.MinePlan, recipe, cache: str, out, batch_rows: int) -> tuple[str, dict]:
-        """One source's mine plan that needs the encoder (dense retrieval, dense STS) into ``out``
+        """One source's mine plan that needs the encoder on this actor alone (dense STS)
         (:func:`nvdata.engine.plan.mine_source`), with this actor's loaded model."""
         return job.name, plan.mine_source(job, recipe, self.stage, Path(cache), out, batch_rows)
 
@@ -670,44 +734,82 @@ class _Run:
 
     def _mine_dense(self, encoder: mstage.DenseEncoder, jobs: dict, total: int, done_one) -> None:
         """The sources whose mining needs the encoder (``jobs``: name -> (MinePlan, stage tmp)),
-        on one actor pool of encoders: first every corpus chunk the dense miners will search is
-        embedded into the cache (chunks of ``chunk_size`` in corpus order: the miner's chunks, so
-        it finds them there), then each source is mined by one of the same actors (dense STS
-        embeds its pools there too)."""
+        on one actor pool of encoders, each step a fan-out over the pool:
+
+        1. every corpus chunk the dense miners will search, embedded into the cache (chunks of
+           ``chunk_size`` in corpus order: the miner's chunks, so it finds them there);
+        2. each dense source's queries grouped (:func:`nvdata.mine.dense.group_queries`) into a
+           work folder in its stage folder, then its query chunks
+           (:func:`nvdata.mine.dense.query_chunks`) embedded into the cache;
+        3. each source prepared (:func:`nvdata.mine.dense.prepare`: every embedding is cached);
+        4. every source's query blocks searched, filtered and selected on whichever actor is
+           free (:func:`nvdata.mine.dense.search_block`; the block size comes from the recipe,
+           not from the pool, and each block's results are files named by its first query);
+        5. each source's blocks merged in block order and its rows written
+           (:func:`nvdata.mine.dense.finish`). Dense STS sources are mined whole by one actor.
+        """
         from ray.util import ActorPool
 
+        from nvdata.mine import dense
+
         ray, cfg = self.ray, encoder.cfg
+        dense_jobs = {n: jt for n, jt in jobs.items() if jt[0].method == plan.DENSE}
+        whole = [jt for jt in jobs.values() if jt[0].method != plan.DENSE]
+        work = {n: str(tmp / ".dense-work") for n, (_, tmp) in dense_jobs.items()}
         chunks = []
-        for job, _ in jobs.values():
-            if job.corpus is not None:
-                n = pq.ParquetFile(job.corpus).metadata.num_rows
-                chunks += [(str(job.corpus), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
-        pool = self._pool(max(len(chunks), len(jobs)), gpu=True)
+        for job, _ in dense_jobs.values():
+            n = pq.ParquetFile(job.corpus).metadata.num_rows
+            chunks += [(str(job.corpus), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
+        rows = sum(pq.ParquetFile(job.rows_file).metadata.num_rows for job, _ in dense_jobs.values())
+        block = dense.query_block_size(cfg)
+        pool = self._pool(max(len(chunks), len(jobs), -(-rows // block)), gpu=True)
         worker = ray.remote(_DenseWorker).options(
             num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)
         actors = [worker.remote(encoder, str(self.ctx.cache / "embeddings")) for _ in range(pool.size)]
+        recipe, batch_rows = self.ctx.recipe, self.ctx.batch_rows
         try:
             actor_pool = ActorPool(actors)
             texts = encoded = 0
             visible: set[int] = set()
-            try:
-                for got in actor_pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
-                    texts += got["texts"]
-                    encoded += 0 if got["cached"] else got["texts"]
-                    visible.add(got["gpus"])
-                if chunks:
-                    gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
-                    self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
-                                 f"({texts - encoded} cached) on {pool.describe()}{gpus}")
-                for idle in actors[len(jobs):]:  # fewer sources than actors: free the rest now
-                    ray.kill(idle)
-                actor_pool = ActorPool(actors[:len(jobs)])
-                recipe, cache, batch_rows = self.ctx.recipe, str(self.ctx.cache), self.ctx.batch_rows
-                for name, report in actor_pool.map_unordered(
-                        lambda a, jt: a.mine.remote(jt[0], recipe, cache, jt[1], batch_rows), list(jobs.values())):
-                    done_one(name, report)
-            except Exception as e:  # noqa: BLE001
-                raise _unwrap(e) from None
+
+            def embedded(got):
+                nonlocal texts, encoded
+                texts += got["texts"]
+                encoded += 0 if got["cached"] else got["texts"]
+                visible.add(got["gpus"])
+
+            for got in actor_pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
+                embedded(got)
+            if chunks:
+                gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
+                self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
+                             f"({texts - encoded} cached) on {pool.describe()}{gpus}")
+            for _ in actor_pool.map_unordered(lambda a, jt: a.group.remote(jt[0], work[jt[0].name], batch_rows),
+                                              list(dense_jobs.values())):
+                pass
+            texts = encoded = 0
+            query_chunks = ((key, qt) for job, _ in dense_jobs.values()
+                            for key, _, qt in dense.query_chunks(job.rows_file, dense.first_rows(Path(work[job.name])),
+                                                                 cfg, batch_rows))
+            for got in _bounded_map(actor_pool, lambda a, c: a.embed_queries.remote(*c), query_chunks, 2 * pool.size):
+                embedded(got)
+            blocks = []
+            for name, starts in actor_pool.map_unordered(
+                    lambda a, jt: a.prepare.remote(jt[0], recipe.seed, work[jt[0].name], batch_rows, block),
+                    list(dense_jobs.values())):
+                blocks += [(name, s) for s in starts]
+            for _ in actor_pool.map_unordered(lambda a, b: a.search_block.remote(b[0], work[b[0]], b[1]),
+                                              sorted(blocks)):
+                pass  # each block's results are files in its source's work folder, named by its start
+            for name, _report in actor_pool.map_unordered(
+                    lambda a, jt: a.finish.remote(jt[0], work[jt[0].name], str(jt[1]), batch_rows),
+                    list(dense_jobs.values())):
+                done_one(name, _report)
+            for name, report in actor_pool.map_unordered(
+                    lambda a, jt: a.mine.remote(jt[0], recipe, str(self.ctx.cache), jt[1], batch_rows), whole):
+                done_one(name, report)
+        except Exception as e:  # noqa: BLE001
+            raise _unwrap(e) from None
         finally:
             for a in actors:
                 ray.kill(a)

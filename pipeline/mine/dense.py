@@ -740,6 +740,11 @@ def prepare(rows_files, corpus_files, work: Path, cfg: DenseConfig, *, enc: Enco
     return plan
 
 
+def corpus_size(work: Path) -> int:
+    """Documents in the corpus of a work folder :func:`prepare` filled."""
+    return int(_Scratch(root=work).read_json("plan")["n_corpus"])
+
+
 def _block_name(s: int) -> str:
     return f"block-{s:012d}"
 

@@ -67,6 +67,18 @@ def mine_dense(rows_file: Path, corpus_file: Path, *, cfg, encoder: DenseEncoder
     return report
 
 
+def finish_dense(rows_file: Path, work: Path, *, cfg, out: Path, batch_rows: int) -> dict:
+    """The last phase of :func:`mine_dense` run apart (a distributed executor ran the others,
+    :mod:`nvdata.mine.dense`, in the work folder ``work``): ``out/rows.parquet`` + report;
+    the work folder is removed."""
+    from nvdata.mine.dense import finish
+
+    report = finish(rows_file, Path(out) / "rows.parquet", Path(work), cfg, batch_rows=batch_rows)
+    emit.write_json(Path(out) / "report.json", report)
+    shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
 def mine_bm25(rows_file: Path, pools: dict[str, Path], *, cfg, out: Path) -> dict:
     """BM25 negatives for one STS source against its pools (raw STS tables): rows + report."""
     from nvdata.mine.bm25 import mine_bm25_negatives
