@@ -17,12 +17,18 @@ decontaminate  Ray Data ``map_batches`` over the raw tables' parts (runs of whol
 format         one task per source (retrieval / STS formatting drops duplicate ids across
                batches, so a source is one ordered stream; classification / clustering
                draw from whole-source label pools).
-mine           dense: Ray Data ``map_batches`` of corpus chunks on an actor pool of encoders
-               (``num_gpus=1`` each where the cluster has GPUs, a CPU share otherwise; the
-               model is loaded once per actor) into the content-keyed embedding cache; then
-               one search task per source runs the local miner, which finds every corpus chunk
-               in the cache and embeds only its queries. Dense STS (``mining.sts.method:
-               dense``) is mined on the same actors. bm25: one task per STS source.
+mine           dense: one actor pool of encoders (``num_gpus=1`` each where the cluster has
+               GPUs, a CPU share otherwise; the model is loaded once per actor) runs, each
+               step spread over the pool: every corpus chunk, then every query chunk
+               (:func:`nvdata.mine.dense.query_chunks`) embedded into the content-keyed cache;
+               per source, row grouping and the side tables (:func:`~nvdata.mine.dense.
+               group_queries`, :func:`~nvdata.mine.dense.prepare`) in a work folder in its
+               stage folder; every source's query blocks (:func:`~nvdata.mine.dense.
+               search_block`: exact search against all corpus chunks, filters, selection;
+               block size from the recipe, never from the pool) on any actor; per source, the
+               blocks merged in block order and the rows written (:func:`~nvdata.mine.dense.
+               finish`). Dense STS (``mining.sts.method: dense``) is mined whole by one of
+               the same actors. bm25: one task per STS source.
                none (classification, clustering): the driver copies the formatted rows.
                Which method a source gets and its key: :func:`nvdata.engine.plan.mine_plan`.
 write          the driver, with the code the local engine uses (:func:`nvdata.build.run_build`).
