@@ -759,8 +759,11 @@ class _Run:
         from nvdata.mine import dense
 
         ray, cfg = self.ray, encoder.cfg
-        dense_jobs = {n: jt for n, jt in jobs.items() if jt[0].method == plan.DENSE}
-        whole = [jt for jt in jobs.values() if jt[0].method != plan.DENSE]
+        def spread(job: plan.MinePlan) -> bool:  # an empty source is mined whole (nothing to search)
+            return job.method == plan.DENSE and pq.ParquetFile(job.rows_file).metadata.num_rows > 0
+
+        dense_jobs = {n: jt for n, jt in jobs.items() if spread(jt[0])}
+        whole = [jt for n, jt in jobs.items() if n not in dense_jobs]
         work = {n: str(tmp / ".dense-work") for n, (_, tmp) in dense_jobs.items()}
         chunks = []
         for job, _ in dense_jobs.values():

@@ -71,8 +71,12 @@ def finish_dense(rows_file: Path, work: Path, *, cfg, out: Path, batch_rows: int
     """The last phase of :func:`mine_dense` run apart (a distributed executor ran the others,
     :mod:`nvdata.mine.dense`, in the work folder ``work``): ``out/rows.parquet`` + report;
     the work folder is removed."""
+    import json
+
     from nvdata.mine.dense import finish
 
+    if not (Path(work) / "plan.json").is_file() and (Path(out) / "report.json").is_file():
+        return json.loads((Path(out) / "report.json").read_text())  # a retry after the work folder went
     report = finish(rows_file, Path(out) / "rows.parquet", Path(work), cfg, batch_rows=batch_rows)
     emit.write_json(Path(out) / "report.json", report)
     shutil.rmtree(work, ignore_errors=True)
