@@ -9,7 +9,10 @@ and pick ``num_negatives`` of the rest. The three parts live apart:
 * filters:    :mod:`nvdata.mine.filters`, each rule a pure function over the candidate arrays;
 * selection:  :mod:`nvdata.mine.selection` (top or seeded random).
 
-This module only wires them together and counts what each step did.
+This module only wires them together and counts what each step did, in four phases over a
+work folder (:func:`group_queries`, :func:`prepare`, :func:`search_block` per block of
+queries, :func:`finish`), plain functions that do not know where they run:
+:func:`mine_dense_files` runs them in one process, the Ray engine the blocks on an actor pool.
 
 What is never a negative of a row: any positive of its query (all rows whose query text is the
 same by :func:`nvdata.text.normalize_text`, whatever their ``query_id``: :func:`query_group_key`;
