@@ -129,7 +129,7 @@ def features_recipe(tmp_path_factory):
                     "support_faq": {"custom": {"path": "faq.jsonl", "task_type": "retrieval",
                                                "columns": {"query": "question", "positive": "answer"},
                                                "instruction": FAQ_INSTRUCTION}}},
-        "mining": {"sts": {"method": "dense"}, "bm25": {"num_negatives": 2}, "dense": {"num_negatives": 3}},
+        "mining": {"sts": {"method": "dense"}, "bm25": {"num_negatives": 2}, "dense": {"num_negatives": 3, "search_batch_size": 2}},
         "test_similarity_filter": {"threshold": 3.0, "sources": {"emotion": "EmotionClassification"}},
     }))
     return load_recipe(root / "r.yaml")
@@ -137,11 +137,15 @@ def features_recipe(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features_builds(ray_cluster, features_recipe, tmp_path_factory):
+    from nvdata.mine import dense
+
     root = tmp_path_factory.mktemp("features-builds")
-    local = run_build(features_recipe, out=root / "local", sample=True, cache=root / "local-cache",
-                      limit=FEATURES_LIMIT)
-    on_ray = run_build(features_recipe, out=root / "ray", sample=True, cache=root / "ray-cache",
-                       limit=FEATURES_LIMIT, engine="ray")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dense, "_QUERY_BLOCK", 4)  # the dense sources' queries in several search blocks
+        local = run_build(features_recipe, out=root / "local", sample=True, cache=root / "local-cache",
+                          limit=FEATURES_LIMIT)
+        on_ray = run_build(features_recipe, out=root / "ray", sample=True, cache=root / "ray-cache",
+                           limit=FEATURES_LIMIT, engine="ray")
     return local, on_ray, root / "ray-cache"
 
 
@@ -166,6 +170,7 @@ def test_every_per_source_feature_is_byte_identical_on_ray(features_builds):
     assert sources["emotion"]["test_similarity_dropped"] > 0
     mining = json.loads((local.out / "reports" / "mining.json").read_text())
     assert mining["sts12"]["method"] == "dense"
+    assert mining["scifact"]["search"]["query_blocks"] > 1
     faq = pq.read_table(local.out / "shards", filters=[("source", "=", "support_faq")])
     assert faq.num_rows > 0 and set(faq.column("instruction").to_pylist()) == {FAQ_INSTRUCTION}
     _same_build(on_ray, local)
