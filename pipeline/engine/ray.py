@@ -73,7 +73,7 @@ from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
 from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
-from nvdata.stages.io import exact_batches, write_batches
+from nvdata.stages.io import exact_batches, parquet_file, write_batches
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'nvdata[ray]'"
 TASK_RETRIES = 3  # re-runs of a task whose worker died
@@ -278,7 +278,7 @@ def iter_row_range(path: Path, start: int, stop: int, batch_rows: int):
     engine's :func:`nvdata.stages.iter_batches` yields for the same rows, so a per-batch map
     gives the same output (and the same order of hits) on either engine.
     """
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     groups, first, pos = [], None, 0
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
@@ -395,7 +395,7 @@ def _remote_functions(ray):
             os.replace(parts[0], dest)
             return pq.ParquetFile(dest).metadata.num_rows
         schema = pq.read_schema(parts[0])
-        rows = _write_part(Path(dest), schema, (b for p in parts for b in pq.ParquetFile(p).iter_batches()))
+        rows = _write_part(Path(dest), schema, (b for p in parts for b in parquet_file(p).iter_batches()))
         for p in parts:
             Path(p).unlink()
         return rows
