@@ -203,3 +203,22 @@ def test_stage1_sample_build_streams_and_small_batches_change_no_byte(tmp_path, 
     assert sum(1 for b in biggest if b == 5) > 20  # the stages really streamed in 5-row batches
     for name in json.loads((tmp_path / "b" / "manifest.json").read_text())["sources"]:
         assert list((cache_b / "mine").glob(f"{name}-*/rows.parquet"))
+
+
+def test_shard_rows_taken_batch_by_batch_equal_a_plain_take():
+    """write_shards takes each row group from the bucket's batches one by one (a plain
+    Table.take concatenated the whole memory-mapped bucket first): same rows, same order."""
+    from nvdata.emit import _take_rows
+
+    rng = np.random.default_rng(3)
+    schema = pa.schema([("i", pa.int64()), ("s", pa.string())])
+    sizes = [5, 1, 17, 9, 0, 12]
+    batches, start = [], 0
+    for n in sizes:
+        batches.append(pa.record_batch({"i": np.arange(start, start + n), "s": [f"r{j}" for j in range(start, start + n)]},
+                                       schema=schema))
+        start += n
+    starts = np.cumsum([0] + sizes)
+    whole = pa.Table.from_batches(batches)
+    for rows in (rng.permutation(start), rng.permutation(start)[:7], np.array([], dtype=np.int64), np.array([40, 3, 3])):
+        assert _take_rows(batches, starts, rows, schema).equals(whole.take(pa.array(rows, pa.int64())))
