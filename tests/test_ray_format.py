@@ -8,6 +8,7 @@ variants, STS pairs given in both orders), so the merge must see the parts in so
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -24,6 +25,7 @@ from nvdata.recipe import load_recipe
 from nvdata.registry import load_registry
 from nvdata.schema import FORMATTED, FORMATTED_KEYED
 from nvdata.stages import format as fstage
+from nvdata.stages.io import write_batches
 from nvdata.text import content_id
 
 pytestmark = pytest.mark.slow
@@ -161,12 +163,9 @@ def test_ray_formats_a_source_as_several_map_tasks(builds):
 
 
 def _keyed_part(path: Path, entry, raw: pa.Table, batch_rows: int) -> dict:
+    """One part of the map, as a format actor writes it; its counts as the actor returns them."""
     fmt = BatchFormatter(entry, FormatConfig())
-    from nvdata.stages.io import write_batches
-
     write_batches(path, FORMATTED_KEYED, (fmt.format_batch(b) for b in raw.to_batches(max_chunksize=batch_rows)))
-    from dataclasses import asdict
-
     return asdict(fmt.counts)
 
 
