@@ -32,6 +32,7 @@ from nvdata import counts
 from nvdata.errors import NvdataError
 from nvdata.fsutil import sha256_file, staged_dir
 from nvdata.schema import ROW
+from nvdata.stages.io import take_chunked
 
 SHARD_PATTERN = "part-{:05d}.parquet"
 
@@ -57,23 +58,6 @@ def _as_read_back(schema: pa.Schema) -> pa.Schema:
     sink = pa.BufferOutputStream()
     pq.write_table(schema.empty_table(), sink)
     return pq.read_schema(pa.BufferReader(sink.getvalue()))
-
-
-def _take_rows(batches: list[pa.RecordBatch], starts: np.ndarray, rows: np.ndarray, schema: pa.Schema) -> pa.Table:
-    """Rows ``rows`` (positions over the concatenated ``batches``; ``starts`` their offsets), in
-    that order, as one table. Taken batch by batch: ``Table.take`` on a many-chunk table
-    concatenates every chunk first, which for a memory-mapped bucket copied the whole bucket
-    into memory for each row group (a shard's worth, ~350 MiB at 100k NQ rows)."""
-    which = np.searchsorted(starts, rows, side="right") - 1
-    order = np.argsort(which, kind="stable")
-    by_batch, of_batch = rows[order], which[order]
-    cuts = np.flatnonzero(np.diff(of_batch)) + 1
-    pieces = [batches[int(ks[0])].take(pa.array(rs - starts[ks[0]]))
-              for rs, ks in zip(np.split(by_batch, cuts), np.split(of_batch, cuts)) if len(rs)]
-    grouped = pa.Table.from_batches(pieces, schema=schema).combine_chunks()
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
-    return grouped.take(pa.array(back))
 
 
 def write_shards(
@@ -117,13 +101,13 @@ def write_shards(
             with pa.memory_map(str(bucket_dir / f"b{i}.arrow")) as source:
                 reader = pa.ipc.open_file(source)
                 bucket = [reader.get_batch(k) for k in range(reader.num_record_batches)]
-                starts = np.cumsum([0] + [b.num_rows for b in bucket])
-                perm = rng.permutation(int(starts[-1]))
+                perm = rng.permutation(sum(b.num_rows for b in bucket))
                 name = SHARD_PATTERN.format(i)
                 path = shard_dir / name
                 with pq.ParquetWriter(path, shard_schema, compression="zstd", write_statistics=True) as w:
                     for start in range(0, max(len(perm), 1), row_group_rows):
-                        piece = _take_rows(bucket, starts, perm[start : start + row_group_rows], ROW)
+                        # chunk by chunk: Table.take would copy the whole bucket in each time
+                        piece = take_chunked(bucket, perm[start : start + row_group_rows]) if bucket else ROW.empty_table()
                         w.write_table(piece.cast(shard_schema), row_group_size=row_group_rows)
                 del bucket, reader
             out.append({"file": f"shards/{name}", "rows": len(perm), "sha256": sha256_file(path)})

@@ -205,10 +205,10 @@ def test_stage1_sample_build_streams_and_small_batches_change_no_byte(tmp_path, 
         assert list((cache_b / "mine").glob(f"{name}-*/rows.parquet"))
 
 
-def test_shard_rows_taken_batch_by_batch_equal_a_plain_take():
-    """write_shards takes each row group from the bucket's batches one by one (a plain
-    Table.take concatenated the whole memory-mapped bucket first): same rows, same order."""
-    from nvdata.emit import _take_rows
+def test_take_chunked_equals_a_plain_take():
+    """Rows taken chunk by chunk (the shuffle buckets' row groups, the miner's corpus texts) equal
+    a plain take over the concatenation, for record batches and arrays alike."""
+    from nvdata.stages.io import take_chunked
 
     rng = np.random.default_rng(3)
     schema = pa.schema([("i", pa.int64()), ("s", pa.string())])
@@ -218,7 +218,8 @@ def test_shard_rows_taken_batch_by_batch_equal_a_plain_take():
         batches.append(pa.record_batch({"i": np.arange(start, start + n), "s": [f"r{j}" for j in range(start, start + n)]},
                                        schema=schema))
         start += n
-    starts = np.cumsum([0] + sizes)
     whole = pa.Table.from_batches(batches)
+    texts = pa.chunked_array([b.column(1) for b in batches])
     for rows in (rng.permutation(start), rng.permutation(start)[:7], np.array([], dtype=np.int64), np.array([40, 3, 3])):
-        assert _take_rows(batches, starts, rows, schema).equals(whole.take(pa.array(rows, pa.int64())))
+        assert take_chunked(batches, rows).equals(whole.take(pa.array(rows, pa.int64())).combine_chunks())
+        assert take_chunked(texts, rows).equals(texts.take(pa.array(rows, pa.int64())).combine_chunks())

@@ -52,7 +52,15 @@ from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
 from nvdata.mine.selection import row_seeds, select_random, select_top
-from nvdata.stages.io import BATCH_ROWS, RELEASE_EVERY, exact_batches, iter_batches, num_rows, release_memory
+from nvdata.stages.io import (
+    BATCH_ROWS,
+    RELEASE_EVERY,
+    exact_batches,
+    iter_batches,
+    num_rows,
+    release_memory,
+    take_chunked,
+)
 from nvdata.text import text_hash
 
 SAMPLING = ("top", "random")
@@ -766,7 +774,7 @@ def _filter_and_select(
     wanted = np.unique(idx[idx >= 0])
     todo = wanted[np.asarray(doc_hash[wanted]) == 0]
     if todo.size:
-        doc_hash[todo] = [hash_code(t) for t in corpus_texts.take(pa.array(todo)).to_pylist()]
+        doc_hash[todo] = [hash_code(t) for t in take_chunked(corpus_texts, todo).to_pylist()]
     codes = np.where(idx >= 0, np.asarray(doc_hash[np.maximum(idx, 0)]), 0)
 
     alive = idx >= 0
@@ -839,7 +847,7 @@ def _write_rows(rows_files, out_file, out_schema, corpus_texts, of_row, chosen_i
             hist += np.bincount(counts, minlength=num + 1)
             short_kept += int(((counts < num) & kept).sum())
             offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-            values = (corpus_texts.take(pa.array(idx[valid])).combine_chunks() if valid.any()
+            values = (take_chunked(corpus_texts, idx[valid]) if valid.any()
                       else pa.array([], pa.string()))
             pscore = np.asarray(positive_score[r : r + n])
             columns = {
