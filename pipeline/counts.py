@@ -204,9 +204,9 @@ class NegativesPerRow:
 def negatives_per_row_of(rows_file, batch_rows: int = 65_536) -> dict[str, int]:
     """:class:`NegativesPerRow` of a rows Parquet file, streamed (for an executor whose stage
     results do not carry it)."""
-    import pyarrow.parquet as pq
+    from nvdata.stages.io import parquet_file
 
     h = NegativesPerRow()
-    for b in pq.ParquetFile(rows_file).iter_batches(batch_size=batch_rows, columns=["negatives"]):
+    for b in parquet_file(rows_file).iter_batches(batch_size=batch_rows, columns=["negatives"]):
         h.add(b.column(0))
     return h.to_dict()

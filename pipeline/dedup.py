@@ -58,12 +58,13 @@ class FirstSeen:
         self.count = 0  # distinct rows kept
         self.merged = 0  # rows refused as a repeat of an earlier row
 
-    def keep_new(self, keys: Sequence[bytes]) -> np.ndarray:
-        """Bool mask over ``keys`` (from :func:`row_key` or :func:`id_key`): True for the first occurrence of each
-        identity, here or in any earlier call; the others are counted in ``merged``."""
+    def keep_new(self, keys: Sequence[bytes] | np.ndarray) -> np.ndarray:
+        """Bool mask over ``keys`` (from :func:`row_key` or :func:`id_key`; or a numpy ``S12``
+        array of them): True for the first occurrence of each identity, here or in any earlier
+        call; the others are counted in ``merged``."""
         if not len(keys):
             return np.zeros(0, dtype=bool)
-        arr = np.frombuffer(b"".join(keys), dtype=f"S{KEY_BYTES}")
+        arr = keys if isinstance(keys, np.ndarray) else np.frombuffer(b"".join(keys), dtype=f"S{KEY_BYTES}")
         keep = np.zeros(len(arr), dtype=bool)
         keep[np.unique(arr, return_index=True)[1]] = True
         for run in self.runs:

@@ -32,7 +32,7 @@ from nvdata import counts
 from nvdata.errors import NvdataError
 from nvdata.fsutil import sha256_file, staged_dir
 from nvdata.schema import ROW
-from nvdata.stages.io import take_chunked
+from nvdata.stages.io import parquet_file, take_chunked
 
 SHARD_PATTERN = "part-{:05d}.parquet"
 
@@ -44,7 +44,7 @@ def _row_tables(files: Iterable[Path], in_batch_negatives: bool, batch_rows: int
     from nvdata.stages.io import exact_batches
 
     for f in files:
-        pf = pq.ParquetFile(f)
+        pf = parquet_file(f)
         for t in exact_batches(pf.iter_batches(batch_size=batch_rows, columns=ROW.names), batch_rows):
             t = t.select(ROW.names)
             t = t.set_column(t.schema.get_field_index("in_batch_negatives"), "in_batch_negatives",

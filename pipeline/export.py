@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from nvdata.errors import NvdataError
 from nvdata.fsutil import check_output_dir, staged_dir
 from nvdata.schema import ROW, instructed_query
+from nvdata.stages.io import parquet_file
 
 FORMATS = ("sentence-transformers", "jsonl")
 MARKER = "nvdata-export.json"
@@ -93,7 +94,7 @@ def _readme(splits: dict[str, int], snippet: str) -> str:
 
 
 def _batches(shard: Path):
-    for batch in pq.ParquetFile(shard).iter_batches(batch_size=BATCH_ROWS):
+    for batch in parquet_file(shard).iter_batches(batch_size=BATCH_ROWS):
         yield pa.Table.from_batches([batch]).cast(ROW)
 
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,11 +48,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import yaml
 
-from nvdata.dedup import FirstSeen, row_key
+from nvdata.dedup import KEY_BYTES, FirstSeen, row_key
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import labels as lab
 from nvdata.registry import SourceEntry
-from nvdata.schema import FORMATTED
+from nvdata.schema import FORMATTED, FORMATTED_KEYED, ROW_KEY
 from nvdata.text import content_id, text_hash
 
 TRAINING_FILE = "training.yaml"
@@ -341,18 +341,20 @@ def _row_indices(table: pa.Table | pa.RecordBatch) -> list:
     return table.column("row_index").to_pylist()
 
 
+def _empty_cols() -> dict:
+    return {k: [] for k in ("id", "query", "positive", "negatives", "query_id", "positive_id", "key")}
+
+
 @dataclass
 class _Rows:
-    """Formatted rows accumulated column-wise (one batch at a time), one per (normalized query,
-    normalized positive) identity (:mod:`nvdata.dedup`)."""
+    """Formatted rows accumulated column-wise (one batch at a time), each with its identity key
+    (:func:`nvdata.dedup.row_key`): the candidates :class:`FirstRows` then keeps or merges."""
 
     source: str
     task_type: str
     ins: Instruction
     method: str
-    dedup: FirstSeen = field(default_factory=FirstSeen)
-    cols: dict = field(default_factory=lambda: {k: [] for k in ("id", "query", "positive", "negatives",
-                                                                 "query_id", "positive_id", "key")})
+    cols: dict = field(default_factory=_empty_cols)
 
     def add(self, query: str, positive: str, query_id: str, positive_id: str, negatives=()) -> None:
         c = self.cols
@@ -365,11 +367,8 @@ class _Rows:
         c["positive_id"].append(positive_id)
 
     def take(self) -> pa.Table:
-        """The rows added since the last take that repeat no row emitted before, as a FORMATTED table."""
+        """The rows added since the last take, as a ``schema.FORMATTED_KEYED`` table."""
         c = self.cols
-        keep = self.dedup.keep_new(c["key"])
-        if not keep.all():
-            c = {k: [v for v, kk in zip(col, keep) if kk] for k, col in c.items()}
         n = len(c["id"])
         table = pa.table(
             {
@@ -389,24 +388,81 @@ class _Rows:
                 "document_instruction": [self.ins.document_text] * n,
                 "query_id": c["query_id"],
                 "positive_id": c["positive_id"],
+                ROW_KEY: pa.array(c["key"], pa.binary(KEY_BYTES)),
             },
-            schema=FORMATTED,
+            schema=FORMATTED_KEYED,
         )
-        self.cols = {k: [] for k in self.cols}  # "key" included
+        self.cols = _empty_cols()
         return table
 
 
-class StreamingFormatter:
-    """Formats a retrieval or STS source batch by batch (the sources large enough to stream).
+def row_keys(keyed: pa.Table) -> np.ndarray:
+    """The ``row_key`` column of a ``FORMATTED_KEYED`` table as a numpy ``S12`` array: a view
+    of the Arrow buffer, no Python object per row."""
+    col = keyed.column(ROW_KEY)
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if len(col) == 0:
+        return np.zeros(0, dtype=f"S{KEY_BYTES}")
+    return np.frombuffer(col.buffers()[1], dtype=f"S{KEY_BYTES}", count=len(col), offset=col.offset * KEY_BYTES)
 
-    Neither task type draws anything at random, so the rows do not depend on how the input is
-    split into batches; duplicates are tracked across batches. Classification and clustering
-    need their label set and class pools first: use :func:`format_source` on the whole table.
 
-    >>> fmt = StreamingFormatter(entry, FormatConfig())          # doctest: +SKIP
-    >>> for batch in pq.ParquetFile(path).iter_batches():        # doctest: +SKIP
-    ...     write(fmt.feed(batch))
-    >>> fmt.report                                               # doctest: +SKIP
+class FirstRows:
+    """The ordered reduction of formatting: of a source's keyed rows, fed in source order, the
+    first row of each (normalized query, normalized positive) identity; the rest are counted
+    as ``merged``. Holds 12 bytes per kept row (:class:`nvdata.dedup.FirstSeen`) and no
+    Python object per row; the keys come computed (:class:`BatchFormatter`, anywhere)."""
+
+    def __init__(self) -> None:
+        self.seen = FirstSeen()
+
+    def merge(self, keyed: pa.Table) -> pa.Table:
+        """``keyed`` (``schema.FORMATTED_KEYED``) less the rows seen before, as ``schema.FORMATTED``."""
+        keep = self.seen.keep_new(row_keys(keyed))
+        rows = keyed.drop_columns([ROW_KEY])
+        return rows if keep.all() else rows.filter(pa.array(keep))
+
+    @property
+    def rows_out(self) -> int:
+        return self.seen.count
+
+    @property
+    def merged(self) -> int:
+        return self.seen.merged
+
+
+@dataclass
+class FormatCounts:
+    """The raw rows a formatter read and those it dropped, by reason (STS: pairs); summed over
+    batches and parts. JSON-able (``asdict``) so a distributed map can hand it back."""
+
+    rows_in: int
+    dropped: dict[str, int]
+
+    @classmethod
+    def zero(cls, task_type: str) -> FormatCounts:
+        return cls(0, {"empty_text": 0, **({"below_min_score": 0} if task_type == "sts" else {})})
+
+    @classmethod
+    def total(cls, task_type: str, parts: Iterable[Mapping]) -> FormatCounts:
+        """The sum of ``asdict(FormatCounts)`` of a source's parts."""
+        out = cls.zero(task_type)
+        for p in parts:
+            out.rows_in += p["rows_in"]
+            for reason, n in p["dropped"].items():
+                out.dropped[reason] += n
+        return out
+
+
+class BatchFormatter:
+    """The per-batch map of retrieval and STS formatting: a raw batch -> its candidate rows as a
+    ``schema.FORMATTED_KEYED`` table (instruction, ids and each row's identity key, the costly
+    part: ``normalize_text`` and a hash per text), in the batch's order, before duplicates
+    across the source are merged (:class:`FirstRows`, in source order).
+
+    Neither task type draws anything at random, so a batch's rows depend on the batch alone:
+    batches can be formatted anywhere, in any order. ``counts`` sums what was read and dropped.
+    Classification and clustering need their label set and class pools first: use
+    :func:`format_source` on the whole table.
     """
 
     def __init__(self, entry: SourceEntry, cfg: FormatConfig, instructions: Instructions | None = None):
@@ -416,49 +472,73 @@ class StreamingFormatter:
                 "class pools); use format_source"
             )
         self.entry, self.cfg = entry, cfg
-        ins = entry_instruction(entry, instructions)
-        self._rows = _Rows(entry.name, entry.task_type, ins, "none")
-        self.rows_in = 0
-        self.dropped: dict[str, int] = {"empty_text": 0}
-        if entry.task_type == "sts":
-            self.dropped["below_min_score"] = 0
+        self.ins = entry_instruction(entry, instructions)
+        self.counts = FormatCounts.zero(entry.task_type)
 
-    def feed(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+    def format_batch(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
         _check_columns(self.entry, batch)
-        self.rows_in += batch.num_rows
+        self.counts.rows_in += batch.num_rows
+        rows = _Rows(self.entry.name, self.entry.task_type, self.ins, "none")
         if self.entry.task_type == "retrieval":
-            self._feed_retrieval(batch)
+            self._retrieval(batch, rows)
         else:
-            self._feed_sts(batch)
-        return self._rows.take()
+            self._sts(batch, rows)
+        return rows.take()
 
-    def _feed_retrieval(self, batch) -> None:
+    def _retrieval(self, batch, rows: _Rows) -> None:
         blank = _blank(batch.column("query")) | _blank(batch.column("positive"))
-        self.dropped["empty_text"] += int(blank.sum())
+        self.counts.dropped["empty_text"] += int(blank.sum())
         cols = [batch.column(c).to_pylist() for c in ("query", "positive", "query_id", "positive_id")]
-        add = self._rows.add
+        add = rows.add
         for i, (q, p, qid, pid) in enumerate(zip(*cols)):
             if not blank[i]:
                 add(q, p, qid, pid)
 
-    def _feed_sts(self, batch) -> None:
+    def _sts(self, batch, rows: _Rows) -> None:
         scores = _sts_scores(self.entry.name, batch)
         blank = _blank(batch.column("sentence1")) | _blank(batch.column("sentence2"))
         keep = scores >= self.cfg.sts_min_score
-        self.dropped["below_min_score"] += int((~keep).sum())
-        self.dropped["empty_text"] += int((keep & blank).sum())
+        dropped = self.counts.dropped
+        dropped["below_min_score"] += int((~keep).sum())
+        dropped["empty_text"] += int((keep & blank).sum())
         s1, s2 = batch.column("sentence1").to_pylist(), batch.column("sentence2").to_pylist()
-        add = self._rows.add
+        add = rows.add
         for i in np.nonzero(keep & ~blank)[0]:
             a, b = s1[i], s2[i]
             ida, idb = content_id(a), content_id(b)
             add(a, b, ida, idb)
             add(b, a, idb, ida)
 
+
+def streamed_report(entry: SourceEntry, cfg: FormatConfig, counts: FormatCounts, first: FirstRows,
+                    instructions: Instructions | None = None) -> dict:
+    """The format report of a retrieval / STS source from its map's ``counts`` and its reduction."""
+    return _report(entry, entry_instruction(entry, instructions), counts, "none", cfg, first.rows_out, first.merged)
+
+
+class StreamingFormatter:
+    """Formats a retrieval or STS source batch by batch in one process: each batch through
+    :class:`BatchFormatter` then :class:`FirstRows`, so batches must be fed in source order
+    (a distributed executor runs the two steps apart: :mod:`nvdata.stages.format`).
+
+    >>> fmt = StreamingFormatter(entry, FormatConfig())          # doctest: +SKIP
+    >>> for batch in pq.ParquetFile(path).iter_batches():        # doctest: +SKIP
+    ...     write(fmt.feed(batch))
+    >>> fmt.report                                               # doctest: +SKIP
+    """
+
+    def __init__(self, entry: SourceEntry, cfg: FormatConfig, instructions: Instructions | None = None):
+        self.batches = BatchFormatter(entry, cfg, instructions)
+        self.first = FirstRows()
+
+    def feed(self, batch: pa.Table | pa.RecordBatch) -> pa.Table:
+        """The batch's ``schema.FORMATTED`` rows that repeat no earlier row of the source."""
+        return self.first.merge(self.batches.format_batch(batch))
+
     @property
     def report(self) -> dict:
-        return _report(self.entry, self._rows, self.rows_in, self.dropped, self._rows.method, self.cfg,
-                       rows_out=self._rows.dedup.count)
+        b = self.batches
+        return _report(b.entry, b.ins, b.counts, "none", b.cfg, self.first.rows_out, self.first.merged)
 
 
 def _sts_scores(source: str, batch) -> np.ndarray:
@@ -492,19 +572,19 @@ def _sts_scores(source: str, batch) -> np.ndarray:
     raise NvdataError(f"source {source!r}: score column has type {col.type}; expected numbers")
 
 
-def _report(entry, rows: _Rows, rows_in: int, dropped: dict, method: str, cfg: FormatConfig,
-            rows_out: int, **extra) -> dict:
+def _report(entry, ins: Instruction, counts: FormatCounts, method: str, cfg: FormatConfig, rows_out: int,
+            merged: int, **extra) -> dict:
     return {
         "source": entry.name,
         "task_type": entry.task_type,
-        "instruction": rows.ins.instruction,
-        "document_instruction": rows.ins.document_instruction,
+        "instruction": ins.instruction,
+        "document_instruction": ins.document_instruction,
         "negative_method": method,
-        "rows_in": rows_in,
+        "rows_in": counts.rows_in,
         "rows_out": rows_out,
-        "dropped": dict(dropped),  # raw rows (STS: pairs) not turned into rows, by reason
+        "dropped": dict(counts.dropped),  # raw rows (STS: pairs) not turned into rows, by reason
         # rows not emitted because an earlier row has the same normalized query and positive
-        "duplicates_merged": rows.dedup.merged,
+        "duplicates_merged": merged,
         "config": cfg.to_dict(),
         **extra,
     }
@@ -630,7 +710,7 @@ def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data:
     mode = cfg.mode_for(entry, sets.num_labels)
     k = cfg.num_negatives
     dropped = dict(data.dropped, no_positive=0, no_negative=0)
-    rows = _Rows(entry.name, entry.task_type, ins, mode)
+    rows, first = _Rows(entry.name, entry.task_type, ins, mode), FirstRows()
     labels = pa.array(data.label_text, pa.string())
     if mode == "label":
         if data.own_text is not None:  # classification: the row's own label text
@@ -684,8 +764,8 @@ def _format_labelled(entry, raw, cfg: FormatConfig, rng, ins: Instruction, data:
         cuts = np.concatenate([[0], np.cumsum(valid.sum(axis=1))])
         for i, (q, p, pid) in enumerate(zip(q_texts, p_texts, p_ids)):
             rows.add(q, p, content_id(q), pid, flat[cuts[i] : cuts[i + 1]])
-        table = rows.take()
+        table = first.merge(rows.take())
         out_rows += table.num_rows
         yield table
-    report.update(_report(entry, rows, raw.num_rows, dropped, mode, cfg, rows_out=out_rows,
+    report.update(_report(entry, ins, FormatCounts(raw.num_rows, dropped), mode, cfg, out_rows, first.merged,
                           num_labels=sets.num_labels))

@@ -93,6 +93,12 @@ FORMATTED = pa.schema(
     ]
 )
 
+# Format's per-batch map hands its ordered reduction the FORMATTED rows plus each row's identity
+# key (nvdata.dedup.row_key, KEY_BYTES = 12 bytes); the reduction drops the column
+# (nvdata.instruct.BatchFormatter, FirstRows).
+ROW_KEY = "row_key"
+FORMATTED_KEYED = pa.schema(list(FORMATTED) + [pa.field(ROW_KEY, pa.binary(12), nullable=False)])
+
 QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"
 
 

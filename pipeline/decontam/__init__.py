@@ -42,6 +42,7 @@ from nvdata.decontam.match import METHODS, Matcher
 from nvdata.decontam.report import summarize, write_report
 from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.fsutil import sha256_file
+from nvdata.stages.io import parquet_file
 
 __all__ = [
     "DecontamConfig", "DecontamCounts", "TestIndex", "build_test_index", "iter_decontaminate",
@@ -386,7 +387,7 @@ def audit_build(
     counts = DecontamCounts()
     for path in readable:
         try:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=cfg.batch_size)
+            batches = parquet_file(path).iter_batches(batch_size=cfg.batch_size)
             for _ in iter_decontaminate(
                 batches, ["query", "positive"], index=index, cfg=cfg, id_column="id", hits=hits,
                 counts=counts, list_fields={"negatives": ["negative_scores"]},

@@ -25,9 +25,11 @@ decontaminate  per-batch map :func:`nvdata.stages.decontaminate.decontaminate_ba
     of :func:`nvdata.engine.plan.after_decontamination` (shared-corpus test ids, the recipe's
     test-similarity filter), each a stage folder of its own; their output feeds format.
 format  :func:`nvdata.stages.format.format_rows`
-    retrieval, STS: per-batch map (``StreamingFormatter.feed``; duplicate ids dropped across
-    batches, so batches must be fed in file order); classification, clustering: per-source
-    reduction (label pools). Then the seeded ``max_rows`` sample (:func:`~nvdata.stages.format.capped_rows`).
+    retrieval, STS: per-batch map :class:`nvdata.instruct.BatchFormatter` (rows, ids and
+    identity keys), then an ordered reduction :class:`nvdata.instruct.FirstRows` (the first
+    row of each identity, in source order); apart on a distributed executor: the map's parts
+    ``unmerged-<part>.parquet`` + :func:`~nvdata.stages.format.merge_parts`. Classification,
+    clustering: per-source reduction (label pools). Then the seeded ``max_rows`` sample (:func:`~nvdata.stages.format.capped_rows`).
     in:  ``decontaminate/<source>-<key>/{pairs,data}.parquet``.
     out: ``rows.parquet`` (``schema.FORMATTED``), ``report.json``.
 mine  one of :mod:`nvdata.stages.mine`

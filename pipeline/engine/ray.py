@@ -14,9 +14,15 @@ decontaminate  Ray Data ``map_batches`` over the raw tables' parts (runs of whol
                then one task per source runs the steps after it
                (:func:`nvdata.engine.plan.after_decontamination`: shared corpus, the
                recipe's test-similarity filter).
-format         one task per source (retrieval / STS formatting drops duplicate ids across
-               batches, so a source is one ordered stream; classification / clustering
-               draw from whole-source label pools).
+format         retrieval, STS: Ray Data ``map_batches`` over the decontaminated table's parts
+               (runs of whole ``batch_rows`` batches, as for decontamination) on an actor
+               pool: each part's rows, ids and identity keys (the costly part) are written
+               as ``unmerged-0000i.parquet``; when every part of a source is done, one task
+               per source reads them in part order, keeps the first row of each identity,
+               applies ``max_rows`` and writes the report
+               (:func:`nvdata.stages.format.merge_parts`). Classification, clustering: one
+               task per source (label / example negatives are drawn from the whole
+               source's label pools).
 mine           dense: one actor pool of encoders (``num_gpus=1`` each where the cluster has
                GPUs, a CPU share otherwise; the model is loaded once per actor) runs, each
                step spread over the pool: every corpus chunk, then every query chunk
@@ -79,11 +85,11 @@ from nvdata.sources import RawSource, download_source, obtainable
 from nvdata.stages import decontaminate as dstage
 from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
-from nvdata.stages.io import exact_batches, write_batches
+from nvdata.stages.io import exact_batches, parquet_file, write_batches
 
 INSTALL_HINT = "--engine ray needs Ray: pip install 'nvdata[ray]'"
 TASK_RETRIES = 3  # re-runs of a task whose worker died
-PART_BATCHES_MAX = 16  # a decontamination part is at most this many batches
+PART_BATCHES_MAX = 16  # a decontamination or format part is at most this many batches
 
 
 def import_ray():
@@ -300,7 +306,7 @@ def iter_row_range(path: Path, start: int, stop: int, batch_rows: int):
     engine's :func:`nvdata.stages.iter_batches` yields for the same rows, so a per-batch map
     gives the same output (and the same order of hits) on either engine.
     """
-    pf = pq.ParquetFile(path)
+    pf = parquet_file(path)
     groups, first, pos = [], None, 0
     for i in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(i).num_rows
@@ -342,6 +348,12 @@ def _write_part(dest: Path, schema: pa.Schema, batches) -> int:
 # -- remote work ------------------------------------------------------------------------------------
 
 
+def _run_tasks(batch: pa.Table, run_part) -> pa.Table:
+    """A :func:`_map_over_pool` batch of JSON tasks -> the same tasks with ``run_part``'s results."""
+    results = [_as_result(lambda: run_part(json.loads(t))) for t in batch.column("task").to_pylist()]
+    return pa.table({"task": batch.column("task"), "result": pa.array(results, pa.string())})
+
+
 class _Decontaminator:
     """Ray Data actor: the test index opened once, then one raw part per call."""
 
@@ -351,10 +363,8 @@ class _Decontaminator:
         self.index = TestIndex.load(Path(index_path))
         self.cfg, self.batch_rows = cfg, batch_rows
 
-    def __call__(self, batch: pa.Table) -> dict:
-        results = [_as_result(lambda: self.decontaminate_part(json.loads(t)))
-                   for t in batch.column("task").to_pylist()]
-        return pa.table({"task": batch.column("task"), "result": pa.array(results, pa.string())})
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _run_tasks(batch, self.decontaminate_part)
 
     def decontaminate_part(self, t: dict) -> dict:
         from nvdata.decontam import DecontamCounts
@@ -369,6 +379,33 @@ class _Decontaminator:
                 source=t["source"], index=self.index, cfg=self.cfg, hits=hits, counts=texts))
         return {"kept": kept, "hits": hits,
                 "texts": texts.sources.get(t["source"], {}).get("texts_checked", 0)}
+
+
+class _Formatter:
+    """Ray Data actor: the instruction files read once, then one part of a retrieval / STS
+    source's decontaminated table per call, formatted batch by batch (the map of
+    :mod:`nvdata.stages.format`) into ``unmerged-<part>.parquet``."""
+
+    def __init__(self, entries: dict, cfg, batch_rows: int):
+        from nvdata.instruct import load_instructions
+
+        self.entries, self.cfg, self.batch_rows = entries, cfg, batch_rows
+        self.instructions = load_instructions()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return _run_tasks(batch, self.format_part)
+
+    def format_part(self, t: dict) -> dict:
+        from dataclasses import asdict
+
+        from nvdata.instruct import BatchFormatter
+        from nvdata.schema import FORMATTED_KEYED
+
+        fmt = BatchFormatter(self.entries[t["source"]], self.cfg, self.instructions)
+        rows = _write_part(fstage.unmerged_part(Path(t["out"]), t["part"]), FORMATTED_KEYED,
+                           (fmt.format_batch(b) for b in iter_row_range(Path(t["path"]), t["start"], t["stop"],
+                                                                         self.batch_rows)))
+        return {"rows": rows, "counts": asdict(fmt.counts)}
 
 
 class _DenseWorker:
@@ -465,7 +502,7 @@ def _remote_functions(ray):
             os.replace(parts[0], dest)
             return pq.ParquetFile(dest).metadata.num_rows
         schema = pq.read_schema(parts[0])
-        rows = _write_part(Path(dest), schema, (b for p in parts for b in pq.ParquetFile(p).iter_batches()))
+        rows = _write_part(Path(dest), schema, (b for p in parts for b in parquet_file(p).iter_batches()))
         for p in parts:
             Path(p).unlink()
         return rows
@@ -473,6 +510,11 @@ def _remote_functions(ray):
     @ray.remote(max_retries=TASK_RETRIES)
     def format_source(entry, clean_raw, cfg, seed, max_rows, out, batch_rows):
         return fstage.format_rows(entry, clean_raw, cfg=cfg, seed=seed, max_rows=max_rows, out=out,
+                                  batch_rows=batch_rows)
+
+    @ray.remote(max_retries=TASK_RETRIES)
+    def merge_formatted(entry, parts, part_counts, cfg, seed, max_rows, out, batch_rows):
+        return fstage.merge_parts(entry, parts, part_counts, cfg=cfg, seed=seed, max_rows=max_rows, out=out,
                                   batch_rows=batch_rows)
 
     @ray.remote(max_retries=TASK_RETRIES)
@@ -484,7 +526,7 @@ def _remote_functions(ray):
         """A mine plan that needs no encoder (BM25, none)."""
         return plan.mine_source(job, recipe, None, cache, out, batch_rows)
 
-    return download, join_parts, format_source, after_decontamination, mine_source
+    return download, join_parts, format_source, merge_formatted, after_decontamination, mine_source
 
 
 # -- the executor -----------------------------------------------------------------------------------
@@ -501,8 +543,8 @@ class _Run:
     def __init__(self, ray, ctx: BuildContext):
         self.ray, self.ctx = ray, ctx
         self.cpus, self.gpus, self.nodes = _cluster(ray)
-        (self.download_task, self.join_task, self.format_task, self.after_decontamination_task,
-         self.mine_task) = _remote_functions(ray)
+        (self.download_task, self.join_task, self.format_task, self.merge_format_task,
+         self.after_decontamination_task, self.mine_task) = _remote_functions(ray)
         self.results: dict[str, SourceResult] = {}
         self.skipped: dict[str, str] = {}
 
@@ -619,7 +661,7 @@ class _Run:
                                                       ctx.mirror)
 
     def _parts(self, todo) -> list[dict]:
-        """Each raw table cut into parts of whole batches (``batch_rows``), enough parts to
+        """Each table cut into parts of whole batches (``batch_rows``), enough parts to
         keep every CPU busy, at most ``PART_BATCHES_MAX`` batches each."""
         br = self.ctx.batch_rows
         sizes = {(name, kind): pq.ParquetFile(path).metadata.num_rows
@@ -659,7 +701,8 @@ class _Run:
     def _pool(self, work: int, *, gpu: bool = False) -> Pool:
         return plan_pool(self.cpus, self.gpus, self.nodes, work, gpu=gpu)
 
-    # 3. format: a task per source
+    # 3. format: retrieval / STS as map_batches over parts + an ordered merge task per source;
+    #    classification / clustering as a task per source
     def format(self, raws, decontam_dirs) -> dict[str, tuple[Path, str]]:
         ctx, recipe, reg = self.ctx, self.ctx.recipe, self.ctx.registry
         instr_key, specs = instructions_key(), ctx.specs
@@ -675,17 +718,24 @@ class _Run:
             ctx.say("format", done, total, f"{name}: {rows} rows")
 
         with _staged() as staged:
-            refs = {}
+            streamed: dict[str, tuple[Path, Path]] = {}  # source -> (decontaminated table, stage tmp)
+            labelled: dict[str, tuple[Path, Path]] = {}
             for name in raws:
                 d, dkey = decontam_dirs[name]
                 key = plan.source_format_key(reg[name], dkey, recipe, instr_key, specs[name].max_rows)
                 fdir, tmp = staged.open(ctx.cache, "format", name, key)
                 fmt[name] = (fdir, key)
+                clean = d / raws[name].data_file.name
                 if tmp is None:
                     formatted(name)
+                elif reg[name].task_type in fstage.STREAMED:
+                    streamed[name] = (clean, tmp)
                 else:
-                    refs[name] = self.format_task.remote(reg[name], d / raws[name].data_file.name, recipe.format,
-                                                         recipe.seed, specs[name].max_rows, tmp, ctx.batch_rows)
+                    labelled[name] = (clean, tmp)
+            refs = self._format_parts(streamed)
+            for name, (clean, tmp) in labelled.items():
+                refs[name] = self.format_task.remote(reg[name], clean, recipe.format, recipe.seed,
+                                                     specs[name].max_rows, tmp, ctx.batch_rows)
 
             def done_one(name, _report):
                 staged.finish(name)
@@ -693,6 +743,33 @@ class _Run:
 
             _wait_all(self.ray, refs, done_one)
         return fmt
+
+    def _format_parts(self, streamed: dict[str, tuple[Path, Path]]) -> dict:
+        """Retrieval / STS formatting of the ``streamed`` sources (name -> (decontaminated
+        table, stage tmp)): the map over every part of every source on one actor pool, and
+        each source's merge task, started as soon as its last part is done. Returns the merge
+        tasks' references by source."""
+        ctx, reg = self.ctx, self.ctx.registry
+        items = self._parts({name: [(reg[name].task_type, clean, tmp)] for name, (clean, tmp) in streamed.items()})
+        refs: dict[str, object] = {}
+        if not items:
+            return refs
+        pool = self._pool(len(items))
+        ctx.say("format", 0, len(self.results), f"{len(items)} part(s) of {len(streamed)} source(s) on {pool.describe()}")
+        counts: dict[tuple[str, int], dict] = {}
+        left = {name: sum(1 for it in items if it["source"] == name) for name in streamed}
+        for t, result in _map_over_pool(self.ray, items, _Formatter, pool, entries={n: reg[n] for n in streamed},
+                                        cfg=ctx.recipe.format, batch_rows=ctx.batch_rows):
+            name = t["source"]
+            counts[(name, t["part"])] = result["counts"]
+            left[name] -= 1
+            if left[name] == 0:  # every part of this source is formatted: merge them, in part order
+                parts = sorted(it["part"] for it in items if it["source"] == name)
+                tmp = streamed[name][1]
+                refs[name] = self.merge_format_task.remote(
+                    reg[name], [fstage.unmerged_part(tmp, p) for p in parts], [counts[(name, p)] for p in parts],
+                    ctx.recipe.format, ctx.recipe.seed, ctx.specs[name].max_rows, tmp, ctx.batch_rows)
+        return refs
 
     # 4. mine: dense (encoder pool + search tasks), BM25 tasks, the rest on the driver
     def mine(self, raws, decontam_dirs, fmt) -> dict[str, dict]:

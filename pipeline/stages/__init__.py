@@ -7,8 +7,8 @@ executors' business (:mod:`nvdata.engine`, whose docstring lists every stage's i
 outputs). datatrove's steps vs executors is the model.
 
 * :mod:`nvdata.stages.decontaminate`  per-batch map: raw rows -> rows without test-set text
-* :mod:`nvdata.stages.format`         per-batch map (retrieval, STS) or per-source reduction
-                                      (classification, clustering label pools)
+* :mod:`nvdata.stages.format`         per-batch map + ordered merge (retrieval, STS) or
+                                      per-source reduction (classification, clustering label pools)
 * :mod:`nvdata.stages.mine`           dense (model stage + per-source search), BM25, none
 """
 

@@ -72,6 +72,17 @@ def table_parts(folder: Path, name: str) -> list[Path]:
     return parts
 
 
+def parquet_file(path: Path | str) -> pq.ParquetFile:
+    """A Parquet file opened for streaming: ``pre_buffer=False``.
+
+    pyarrow's ``ParquetFile`` pre-buffers by default, and ``iter_batches`` over a whole file
+    then reads every row group's column chunks ahead in one go: each streamed stage held its
+    input file's whole compressed bytes (211 MiB of an 800k-row table in the format stage;
+    ``bench/bench_scale.py``). Without it a row group's column chunks are read when reached.
+    """
+    return pq.ParquetFile(path, pre_buffer=False)
+
+
 def num_rows(files: Iterable[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
@@ -83,7 +94,7 @@ def iter_batches(
     files = [files] if isinstance(files, (str, Path)) else list(files)
     size = batch_rows or BATCH_ROWS
     for f in files:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=size, columns=columns)
+        yield from parquet_file(f).iter_batches(batch_size=size, columns=columns)
 
 
 def exact_batches(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
