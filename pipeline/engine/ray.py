@@ -272,14 +272,46 @@ class _OpenStages:
         self._open.clear()
 
 
+class _Launched:
+    """A remote function whose calls are remembered (in ``inflight``), so that a stage that
+    fails can stop the ones still running before it deletes their unfinished folders."""
+
+    def __init__(self, fn, inflight: list):
+        self.fn, self.inflight = fn, inflight
+
+    def remote(self, *args, **kwargs):
+        ref = self.fn.remote(*args, **kwargs)
+        self.inflight.append(ref)
+        return ref
+
+
+def _stop(ray, refs: list, timeout: float = 60) -> None:
+    """Cancel the tasks in ``refs`` that are still running and wait for them to end. Without
+    it a failed stage deleted the folders of tasks still writing into them (a BM25 task
+    re-created its stage folder after the abort, leaving a stray ``.tmp-*`` in the cache)."""
+    pending, refs[:] = list(refs), []
+    if not pending:
+        return
+    for ref in pending:
+        try:
+            ray.cancel(ref, force=True)
+        except Exception:  # noqa: BLE001 - finished, or already gone: nothing to stop
+            pass
+    ray.wait(pending, num_returns=len(pending), timeout=timeout)
+
+
 @contextmanager
-def _staged():
+def _staged(ray=None, inflight: list | None = None):
     stages_ = _OpenStages()
     try:
         yield stages_
     except BaseException as e:
+        if ray is not None and inflight is not None:
+            _stop(ray, inflight)
         stages_.abort(e)
         raise
+    if inflight is not None:
+        inflight.clear()  # every task of the stage has ended: let go of their results
 
 
 def _wait_all(ray, refs: dict, on_done) -> None:
@@ -543,8 +575,10 @@ class _Run:
     def __init__(self, ray, ctx: BuildContext):
         self.ray, self.ctx = ray, ctx
         self.cpus, self.gpus, self.nodes = _cluster(ray)
+        self.inflight: list = []  # every task launched, so a failing stage can stop them first
         (self.download_task, self.join_task, self.format_task, self.merge_format_task,
-         self.after_decontamination_task, self.mine_task) = _remote_functions(ray)
+         self.after_decontamination_task, self.mine_task) = (
+            _Launched(fn, self.inflight) for fn in _remote_functions(ray))
         self.results: dict[str, SourceResult] = {}
         self.skipped: dict[str, str] = {}
 
@@ -600,7 +634,7 @@ class _Run:
                                           cache_dir=ctx.cache / "test-index")
         folders: dict[str, tuple[Path, str]] = {}  # text decontamination
         after: dict[str, object] = {}  # the per-source steps after it (plan.after_decontamination)
-        with _staged() as staged:
+        with _staged(self.ray, self.inflight) as staged:
             todo: dict[str, list[tuple[str, Path, Path]]] = {}  # source -> (table, raw file, stage tmp)
             for name, raw in raws.items():
                 key = decontaminate_key(raw.path.name, recipe, index.key)
@@ -717,7 +751,7 @@ class _Run:
             rows = pq.ParquetFile(fdir / "rows.parquet").metadata.num_rows
             ctx.say("format", done, total, f"{name}: {rows} rows")
 
-        with _staged() as staged:
+        with _staged(self.ray, self.inflight) as staged:
             streamed: dict[str, tuple[Path, Path]] = {}  # source -> (decontaminated table, stage tmp)
             labelled: dict[str, tuple[Path, Path]] = {}
             for name in raws:
@@ -786,7 +820,7 @@ class _Run:
             ctx.say("mine", done, total, f"{name}: {r.rows} rows, {r.mean_negatives:.2f} negatives/row")
 
         encoder = None
-        with _staged() as staged:
+        with _staged(self.ray, self.inflight) as staged:
             on_actors, refs = {}, {}
             for name in raws:
                 entry = reg[name]
