@@ -39,7 +39,7 @@ from nvdata.instruct import (
 )
 from nvdata.registry import SourceEntry
 from nvdata.schema import FORMATTED
-from nvdata.stages.io import iter_batches, write_batches
+from nvdata.stages.io import iter_batches, parquet_file, write_batches
 
 STREAMED = ("retrieval", "sts")  # task types formatted as a per-batch map + ordered reduction
 UNMERGED = "unmerged"  # the map's part files: UNMERGED-<part:05d>.parquet, schema.FORMATTED_KEYED
@@ -115,7 +115,7 @@ def _row_groups(parts: Iterable[Path]) -> Iterator[pa.Table]:
     """The parts' row groups in order: one per batch the map formatted (empty batches wrote
     none), so the reduction sees the local engine's batches."""
     for p in parts:
-        pf = pq.ParquetFile(p)
+        pf = parquet_file(p)
         for i in range(pf.metadata.num_row_groups):
             yield pf.read_row_group(i)
 
