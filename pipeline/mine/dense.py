@@ -77,6 +77,7 @@ DOCUMENT_PROMPTS = ("model", "none")
 # leaves top_k candidates; capped so one query with hundreds of positives does not widen the
 # search for all of them.
 _MAX_POSITIVE_SLACK = 64
+_HASH_BATCH = 8192  # candidate texts hashed at a time (bounds their Python strings)
 _QUERY_BLOCK = 16384  # queries searched and filtered at a time (bounds the candidate working set)
 FILTER_ORDER = (
     "positive_id",
@@ -978,10 +979,14 @@ def _filter_and_select(
     removed = dict.fromkeys(FILTER_ORDER, 0)
     idx, scores = cand_idx, cand_scores
     # Hash each candidate text once per run, only for documents some query retrieved.
+    # A few thousand texts at a time: a block's candidates can span most of the corpus (16,384
+    # queries x ~100 candidates), and their texts as one Python list grew with the corpus
+    # (+170 MiB at 800k documents; bench/bench_scale.py).
     wanted = np.unique(idx[idx >= 0])
     todo = wanted[np.asarray(doc_hash[wanted]) == 0]
-    if todo.size:
-        doc_hash[todo] = [hash_code(t) for t in take_chunked(corpus_texts, todo).to_pylist()]
+    for i in range(0, todo.size, _HASH_BATCH):
+        part = todo[i : i + _HASH_BATCH]
+        doc_hash[part] = [hash_code(t) for t in take_chunked(corpus_texts, part).to_pylist()]
     codes = np.where(idx >= 0, np.asarray(doc_hash[np.maximum(idx, 0)]), 0)
 
     alive = idx >= 0
