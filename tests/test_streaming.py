@@ -17,7 +17,7 @@ import pytest
 
 from nvdata import emit, schema
 from nvdata.instruct import FormatConfig
-from nvdata.mine import dense
+from nvdata.mine import dense, keysort
 from nvdata.mine.dense import DenseConfig, mine_dense_files
 from nvdata.mine.encode import load_encoder
 from nvdata.registry import load_registry
@@ -93,6 +93,8 @@ def _mine(world, encoder, out, batch_rows, **options):
 def test_dense_miner_in_small_batches_and_query_blocks_equals_one_batch(world, encoder, monkeypatch, options):
     whole, rep_whole = _mine(world, encoder, world / "a.parquet", batch_rows=10_000, **options)
     monkeypatch.setattr(dense, "_QUERY_BLOCK", 2)  # several search blocks, not one
+    monkeypatch.setattr(keysort, "CHUNK", 3)  # key tables sorted and grouped 3 rows at a time
+    monkeypatch.setattr(dense, "_HASH_BATCH", 2)  # candidate texts hashed 2 at a time
     small, rep_small = _mine(world, encoder, world / "b.parquet", batch_rows=3, **options)
     assert whole.num_rows >= 6
     assert whole.equals(small)

@@ -53,7 +53,7 @@ import pyarrow.parquet as pq
 
 from nvdata import schema
 from nvdata.errors import NvdataError, reject_unknown_keys
-from nvdata.mine import filters
+from nvdata.mine import filters, keysort
 from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
 from nvdata.mine.search import BACKENDS, make_searcher
@@ -355,45 +355,49 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
         qid[r : r + n] = _digests(b.column("query_id"))
         pos_hash[r : r + n] = [hash_code(p) for p in b.column("positive").to_pylist()]
         r += n
-    # Number the groups by their first row: a stable sort puts each group's first row first.
-    order = np.argsort(gkey, kind="stable")
-    sorted_keys = gkey[order]
-    starts = np.ones(n_rows, dtype=bool)
-    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
-    del sorted_keys
-    group_of_sorted = np.cumsum(starts) - 1
-    first_of_group = order[starts]
-    n_q = len(first_of_group)
-    q_of_group = np.empty(n_q, dtype=np.int64)
-    q_of_group[np.argsort(first_of_group, kind="stable")] = np.arange(n_q)
-    of_row = scratch.array("of_row", n_rows, np.int64)
-    of_row[order] = q_of_group[group_of_sorted]
-    del order, group_of_sorted, starts, q_of_group
-    firsts = scratch.array("firsts", n_q, np.int64)
-    firsts[:] = np.sort(first_of_group)
-    del first_of_group
-    counts = np.bincount(of_row, minlength=n_q)
-    q_off = scratch.array("q_off", n_q + 1, np.int64)
-    q_off[0] = 0
-    np.cumsum(counts, out=q_off[1:])
-    row_by_q = scratch.array("row_by_q", n_rows, np.int64)
-    row_by_q[:] = np.argsort(of_row, kind="stable")
-    # Distinct positive text codes per query, sorted (CSR).
-    q_sorted = np.repeat(np.arange(n_q, dtype=np.int64), counts)
-    vals = np.asarray(pos_hash[row_by_q])
-    o = np.lexsort((vals, q_sorted))
-    vals, q_sorted = vals[o], q_sorted[o]
-    keep = np.ones(len(vals), dtype=bool)
-    keep[1:] = (vals[1:] != vals[:-1]) | (q_sorted[1:] != q_sorted[:-1])
-    ph_values = scratch.array("ph_values", int(keep.sum()), np.int64)
-    ph_values[:] = vals[keep]
-    ph_off = scratch.array("ph_off", n_q + 1, np.int64)
-    ph_off[0] = 0
-    np.cumsum(np.bincount(q_sorted[keep], minlength=n_q), out=ph_off[1:])
-    del vals, q_sorted, keep, o
-    queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, int(counts.max()), firsts, pid,
+    # Number the groups by their first row, out of core (mine.keysort): no per-row index in the heap.
+    of_row, firsts, q_off, row_by_q, max_positives = keysort.group_first_seen(
+        gkey, lambda name, n, dtype: scratch.array(name, n, dtype))
+    n_q = len(firsts)
+    ph_values, ph_off = _distinct_per_query(pos_hash, row_by_q, q_off, scratch)
+    for name in ("group_order", "group_sorted", "group_is_first", "group_q_at_first", "group_counts", "group_rank"):
+        (scratch.root / f"{name}.npy").unlink(missing_ok=True)
+    queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, max_positives, firsts, pid,
                        qid_keys=qid)
     return queries, (next(iter(sources)) if sources else "?")
+
+
+def _distinct_per_query(pos_hash, row_by_q, q_off, scratch: _Scratch) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's distinct positive text codes, sorted (CSR ``ph_values`` / ``ph_off``), a
+    run of queries of about ``keysort.CHUNK`` rows at a time (two passes: count, then fill)."""
+    n_q = len(q_off) - 1
+    runs = []
+    a = 0
+    while a < n_q:  # whole queries, about CHUNK rows each (a query with more rows is a run alone)
+        b = max(a + 1, int(np.searchsorted(q_off, q_off[a] + keysort.CHUNK, side="right")) - 1)
+        runs.append((a, min(b, n_q)))
+        a = min(b, n_q)
+
+    def distinct(a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.asarray(row_by_q[q_off[a] : q_off[b]])
+        q = np.repeat(np.arange(b - a, dtype=np.int64), np.diff(np.asarray(q_off[a : b + 1])))
+        vals = np.asarray(pos_hash[rows])
+        o = np.lexsort((vals, q))
+        vals, q = vals[o], q[o]
+        keep = np.ones(len(vals), dtype=bool)
+        keep[1:] = (vals[1:] != vals[:-1]) | (q[1:] != q[:-1])
+        return vals[keep], np.bincount(q[keep], minlength=b - a)
+
+    ph_off = scratch.array("ph_off", n_q + 1, np.int64)
+    ph_off[0] = 0
+    total = 0
+    for a, b in runs:
+        ph_off[a + 1 : b + 1] = total + np.cumsum(distinct(a, b)[1])
+        total = int(ph_off[b])
+    ph_values = scratch.array("ph_values", total, np.int64)
+    for a, b in runs:
+        ph_values[ph_off[a] : ph_off[b]] = distinct(a, b)[0]
+    return ph_values, ph_off
 
 
 def _check_rows(b, sources: set) -> str:
@@ -486,12 +490,11 @@ def _embed_queries(rows_files, queries: _Queries, cache: EmbeddingCache, enc: En
 
 
 def _sorted_keys(scratch: _Scratch, name: str, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``keys`` sorted (stable) and where each sorted key came from, as scratch files."""
+    """``keys`` sorted (stable) and where each sorted key came from, as scratch files, sorted
+    out of core (:func:`nvdata.mine.keysort.sort_keys`)."""
     order = scratch.array(f"{name}_order", len(keys), np.int64)
-    order[:] = np.argsort(keys, kind="stable")
     ordered = scratch.array(f"{name}_sorted", len(keys), keys.dtype)
-    for i in range(0, len(keys), 1 << 20):
-        ordered[i : i + (1 << 20)] = keys[order[i : i + (1 << 20)]]
+    keysort.sort_keys(keys, order, ordered)
     return order, ordered
 
 
