@@ -64,4 +64,14 @@ def test_the_ray_miner_leaves_no_work_folder_and_its_queries_came_from_the_cache
     assert not list((cache / "mine").rglob(".dense-work"))
     for name in ("scifact",):
         # every query and corpus chunk was embedded on the pool first: the miner encoded nothing
-        assert _mining(on_ray)[name]["encode"]["texts_encoded"] == 0, name
+        assert _mining(on_ray)[name]["encode"]["in_miner"]["texts_encoded"] == 0, name
+
+
+def test_the_ray_report_counts_the_encoding_and_time_as_the_local_one_does(builds):
+    local, on_ray, _ = builds
+    for name in ("scifact",):
+        here, there = _mining(local)[name], _mining(on_ray)[name]
+        for key in ("hits", "misses", "texts_loaded", "texts_encoded", "batches"):
+            assert here["encode"][key] == there["encode"][key], (name, key)
+        assert there["encode"]["texts_encoded"] > 0 and there["encode"]["actors"] == 2
+        assert there["timing"]["total_seconds"] > 0

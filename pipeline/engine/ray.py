@@ -62,6 +62,7 @@ import json
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nvdata import counts as named_counts
+from nvdata import emit
 from nvdata.engine import (
     BuildContext,
     SourceResult,
@@ -440,6 +442,48 @@ class _Formatter:
         return {"rows": rows, "counts": asdict(fmt.counts)}
 
 
+@dataclass
+class _EncodeTally:
+    """One dense source's chunks embedded on the pool ahead of its miner (query and corpus)."""
+
+    hits: int = 0
+    misses: int = 0
+    texts_loaded: int = 0
+    texts_encoded: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+    workers: int = 0
+
+    def add(self, got: dict) -> None:
+        if got["cached"]:
+            self.hits, self.texts_loaded = self.hits + 1, self.texts_loaded + got["texts"]
+        else:
+            self.misses, self.texts_encoded = self.misses + 1, self.texts_encoded + got["texts"]
+        self.batches += got["batches"]
+        self.seconds += got["seconds"]
+        self.workers = max(self.workers, got["workers"])
+
+    def merged(self, in_miner: dict, *, actors: int) -> dict:
+        """The source's ``encode`` figures, as the local miner reports them: each text block
+        counted once, a hit if it was in the cache before the stage. ``in_miner``: what the
+        miner's prepare phase did itself (it loads every block embedded ahead, so its
+        hits beyond those, and all its misses, are blocks the pool did not embed: the
+        positives the corpus lacks)."""
+        calls = self.hits + self.misses
+        texts = self.texts_loaded + self.texts_encoded
+        return {
+            "hits": self.hits + max(0, in_miner.get("hits", 0) - calls),
+            "misses": self.misses + in_miner.get("misses", 0),
+            "texts_loaded": self.texts_loaded + max(0, in_miner.get("texts_loaded", 0) - texts),
+            "texts_encoded": self.texts_encoded + in_miner.get("texts_encoded", 0),
+            "batches": self.batches + in_miner.get("batches", 0),
+            "seconds": round(self.seconds + in_miner.get("seconds", 0.0), 3),
+            "workers": self.workers,  # tokenizer threads per actor
+            "actors": actors,
+            "in_miner": in_miner,
+        }
+
+
 class _DenseWorker:
     """Ray actor serving the whole dense mine stage: the encoder is loaded once, then it embeds
     corpus chunks and query chunks into the content-keyed cache and runs the dense miner's
@@ -454,21 +498,31 @@ class _DenseWorker:
         self.gpus = len(ray.get_gpu_ids())
         self._memo: tuple[str, object] | None = None  # (work folder, its corpus text codes)
 
-    @contextmanager
-    def _cache(self):
-        from nvdata.mine.encode import EmbeddingCache, default_num_workers
+    @property
+    def workers(self) -> int:
+        """Tokenizer threads of this actor's encoder."""
+        from nvdata.mine.encode import default_num_workers
 
         cfg = self.stage.cfg
-        workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.enc.device)
-        with EmbeddingCache(self.cache_dir, self.enc, batch_size=cfg.batch_size, num_workers=workers) as cache:
+        return cfg.num_workers if cfg.num_workers is not None else default_num_workers(self.enc.device)
+
+    @contextmanager
+    def _cache(self):
+        from nvdata.mine.encode import EmbeddingCache
+
+        cfg = self.stage.cfg
+        with EmbeddingCache(self.cache_dir, self.enc, batch_size=cfg.batch_size, num_workers=self.workers) as cache:
             yield cache
 
     def _embed(self, texts: list[str], prompt: str | None) -> dict:
+        before = self.enc.stats.to_dict()
         with self._cache() as cache:
             cached = cache.path_for(texts, prompt).exists()
             if not cached:
                 cache.embed(texts, prompt=prompt)
-        return {"texts": len(texts), "cached": cached, "gpus": self.gpus}
+        after = self.enc.stats.to_dict()
+        return {"texts": len(texts), "cached": cached, "gpus": self.gpus, "workers": self.workers,
+                "batches": after["batches"] - before["batches"], "seconds": after["seconds"] - before["seconds"]}
 
     def embed_chunk(self, path: str, start: int, stop: int) -> dict:
         """Rows ``[start, stop)`` of a corpus table, embedded as one cache file (kept if there)."""
@@ -478,11 +532,11 @@ class _DenseWorker:
                  for s in b.column("text").to_pylist()]
         return self._embed(texts, prompt)
 
-    def embed_queries(self, instruction: str | None, texts: list[str]) -> dict:
-        """One chunk of :func:`nvdata.mine.dense.query_chunks`, embedded as one cache file."""
+    def embed_queries(self, source: str, instruction: str | None, texts: list[str]) -> dict:
+        """One chunk of :func:`nvdata.mine.dense.query_chunks` of ``source``, embedded as one cache file."""
         from nvdata.mine import dense
 
-        return self._embed(texts, dense.query_prompt(self.enc, self.stage.cfg, instruction))
+        return {**self._embed(texts, dense.query_prompt(self.enc, self.stage.cfg, instruction)), "source": source}
 
     def group(self, job: plan.MinePlan, work: str, batch_rows: int) -> str:
         from nvdata.mine import dense
@@ -876,10 +930,14 @@ class _Run:
         dense_jobs = {n: jt for n, jt in jobs.items() if spread(jt[0])}
         whole = [jt for n, jt in jobs.items() if n not in dense_jobs]
         work = {n: str(tmp / ".dense-work") for n, (_, tmp) in dense_jobs.items()}
-        chunks = []
+        chunks, of_chunk = [], {}
         for job, _ in dense_jobs.values():
             n = pq.ParquetFile(job.corpus).metadata.num_rows
-            chunks += [(str(job.corpus), s, min(s + cfg.chunk_size, n)) for s in range(0, n, cfg.chunk_size)]
+            for s in range(0, n, cfg.chunk_size):
+                chunks.append((str(job.corpus), s, min(s + cfg.chunk_size, n)))
+                of_chunk.setdefault(chunks[-1], []).append(job.name)  # a corpus two sources share counts for both
+        ahead = {name: _EncodeTally() for name in dense_jobs}
+        t_stage = time.perf_counter()
         rows = sum(pq.ParquetFile(job.rows_file).metadata.num_rows for job, _ in dense_jobs.values())
         block = dense.query_block_size(cfg)
         pool = self._pool(max(len(chunks), len(jobs), -(-rows // block)), gpu=True)
@@ -892,14 +950,16 @@ class _Run:
             texts = encoded = 0
             visible: set[int] = set()
 
-            def embedded(got):
+            def embedded(got, names=()):
                 nonlocal texts, encoded
                 texts += got["texts"]
                 encoded += 0 if got["cached"] else got["texts"]
                 visible.add(got["gpus"])
+                for name in names:
+                    ahead[name].add(got)
 
-            for got in actor_pool.map_unordered(lambda a, c: a.embed_chunk.remote(*c), chunks):
-                embedded(got)
+            for c, got in zip(chunks, actor_pool.map(lambda a, c: a.embed_chunk.remote(*c), chunks)):
+                embedded(got, of_chunk[c])
             if chunks:
                 gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
                 self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
@@ -908,11 +968,12 @@ class _Run:
                                               list(dense_jobs.values())):
                 pass
             texts = encoded = 0
-            query_chunks = ((key, qt) for job, _ in dense_jobs.values()
+            query_chunks = ((job.name, key, qt) for job, _ in dense_jobs.values()
                             for key, _, qt in dense.query_chunks(job.rows_file, dense.first_rows(Path(work[job.name])),
                                                                  cfg, batch_rows))
-            for got in _bounded_map(actor_pool, lambda a, c: a.embed_queries.remote(*c), query_chunks, 2 * pool.size):
-                embedded(got)
+            for got in _bounded_map(actor_pool, lambda a, c: a.embed_queries.remote(c[0], c[1], c[2]), query_chunks,
+                                    2 * pool.size):
+                embedded(got, (got["source"],))
             blocks = []
             for name, starts in actor_pool.map_unordered(
                     lambda a, jt: a.prepare.remote(jt[0], recipe.seed, work[jt[0].name], batch_rows, block),
@@ -921,10 +982,15 @@ class _Run:
             for _ in actor_pool.map_unordered(lambda a, b: a.search_block.remote(b[0], work[b[0]], b[1]),
                                               sorted(blocks)):
                 pass  # each block's results are files in its source's work folder, named by its start
-            for name, _report in actor_pool.map_unordered(
+            for name, report in actor_pool.map_unordered(
                     lambda a, jt: a.finish.remote(jt[0], work[jt[0].name], str(jt[1]), batch_rows),
                     list(dense_jobs.values())):
-                done_one(name, _report)
+                # The report covers the whole source as the local miner's does: its chunks were
+                # embedded on the pool ahead of the miner, which then found them in the cache.
+                report["encode"] = ahead[name].merged(report["encode"], actors=pool.size)
+                report.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - t_stage, 3)
+                emit.write_json(dense_jobs[name][1] / "report.json", report)
+                done_one(name, report)
             for name, report in actor_pool.map_unordered(
                     lambda a, jt: a.mine.remote(jt[0], recipe, str(self.ctx.cache), jt[1], batch_rows), whole):
                 done_one(name, report)
