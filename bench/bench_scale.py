@@ -53,6 +53,7 @@ sources:
 mining:
   dense:
     num_negatives: 7
+    relative_margin: null   # the random encoder scores every candidate within 5% of the positive
 decontamination: {}
 output:
   dir: out
@@ -171,8 +172,10 @@ def run_one(args) -> None:
     wall = time.perf_counter() - t0
     stop.set()
     sampler.join()
+    mining = json.loads((root / "out" / "reports" / "mining.json").read_text())["nq"]
     print("RESULT " + json.dumps({
         "wall": wall, "timings": res.timings, "rows": res.manifest["total_rows"],
+        "negatives_per_row": mining["negatives"]["total"] / max(1, mining["rows_out"]),
         "shards": [s["sha256"] for s in res.manifest["shards"]],
         "driver_anon_by_stage": {k: round(v) for k, v in peaks.items()},
     }), flush=True)
@@ -261,19 +264,19 @@ def measure(engine: str, rows: int, root: Path, encoder: Path, timeout: float, e
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| engine | rows | wall | peak RSS | peak anon (RSS - file-backed) | growth RSS / anon vs smallest | mine | decontaminate |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| engine | rows | wall | peak RSS | peak anon (RSS - file-backed) | growth RSS / anon vs smallest | mine | decontaminate | negatives/row |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base: dict[str, dict] = {}
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['engine']} | {r['rows']:,} | {r['error']} | | | | | |")
+            lines.append(f"| {r['engine']} | {r['rows']:,} | {r['error']} | | | | | | |")
             continue
         b = base.setdefault(r["engine"], r)
         t = r.get("timings", {})
         lines.append(
             f"| {r['engine']} | {r['rows']:,} | {r['wall']:.0f} s | {r['peak_rss']:,.0f} MiB | {r['peak_anon']:,.0f} MiB | "
             f"{r['peak_rss'] / b['peak_rss']:.2f}x / {r['peak_anon'] / b['peak_anon']:.2f}x | "
-            f"{t.get('mine', 0):.0f} s | {t.get('decontaminate', 0):.0f} s |")
+            f"{t.get('mine', 0):.0f} s | {t.get('decontaminate', 0):.0f} s | {r.get('negatives_per_row', 0):.2f} |")
     return "\n".join(lines)
 
 

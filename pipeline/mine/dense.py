@@ -56,7 +56,7 @@ from nvdata.errors import NvdataError, reject_unknown_keys
 from nvdata.mine import filters, keysort
 from nvdata.mine import stats as score_stats
 from nvdata.mine.encode import EmbeddingCache, Encoder, default_num_workers, load_encoder, DTYPES
-from nvdata.mine.search import BACKENDS, make_searcher
+from nvdata.mine.search import BACKENDS, RESCORE_SLACK, exact_scores, make_searcher, rescore
 from nvdata.mine.selection import row_seeds, select_random, select_top
 from nvdata.stages.io import (
     BATCH_ROWS,
@@ -721,7 +721,7 @@ def prepare(rows_files, corpus_files, work: Path, cfg: DenseConfig, *, enc: Enco
             hr, hc = _first_hits(doc_keys, pid_sorted, pid_order, positive_at)
             if hr.size:
                 positive_at[hr] = start + hc
-                positive_score[hr] = np.einsum("ij,ij->i", q_emb[queries.of_row[hr]], c_emb[hc])
+                positive_score[hr] = exact_scores(q_emb[queries.of_row[hr]], c_emb[hc])
             hq, hj = _first_hits(doc_keys, qk_sorted, qk_order, own_at)
             if hq.size:
                 own_at[hq] = start + hj
@@ -782,13 +782,9 @@ def search_block(work: Path, s: int, cfg: DenseConfig, *, device: str, doc_hash:
         doc_hash = doc_hash_memo(plan["n_corpus"])
     q_emb = scratch.load("q_emb")
     t0 = time.perf_counter()
-    searcher = make_searcher(cfg.backend, np.array(q_emb[s:e]), plan["k_search"], device=device,
-                             query_batch_size=cfg.search_batch_size)
-    backend = searcher.backend
-    for path, offset in plan["chunks"]:
-        searcher.add(np.load(path, mmap_mode="r"), offset=offset)
-    cand_scores, cand_idx = searcher.result()
-    del searcher
+    chunks = [(np.load(path, mmap_mode="r"), offset) for path, offset in plan["chunks"]]
+    cand_scores, cand_idx, backend = search_candidates(np.array(q_emb[s:e]), chunks, plan["k_search"], cfg,
+                                                       device=device)
     search_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     corpus_texts = pa.ipc.open_file(pa.memory_map(str(scratch.root / "corpus_text.arrow"))).read_all().column("text")
@@ -813,6 +809,47 @@ def search_block(work: Path, s: int, cfg: DenseConfig, *, device: str, doc_hash:
     scratch.write_json(name, result)
     release_memory()
     return result
+
+
+def search_candidates(queries: np.ndarray, chunks: list[tuple[np.ndarray, int]], k: int, cfg: DenseConfig, *,
+                      device: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Each query's ``k`` nearest corpus items: ``(scores float32 (n, k), indices int64 (n, k),
+    backend)``, best first. ``chunks``: the corpus embeddings as ``(array, offset)`` pieces.
+    The search (:mod:`nvdata.mine.search`) only picks candidates, ``RESCORE_SLACK`` more than
+    asked; their scores are then computed exactly (:func:`nvdata.mine.search.rescore`): a
+    GEMM's float32 scores change with how BLAS splits the work over threads (1 vs 2 cores
+    moved ~0.5% of 8,192 x 117 scores by up to 4e-7 and reordered 504), and the shards
+    must not depend on the machine."""
+    searcher = make_searcher(cfg.backend, queries, k + RESCORE_SLACK, device=device,
+                             query_batch_size=cfg.search_batch_size)
+    for emb, offset in chunks:
+        searcher.add(emb, offset=offset)
+    _, idx = searcher.result()
+    backend = searcher.backend
+    del searcher
+    scores, idx = rescore(queries, idx, _chunk_gather(chunks), k)
+    return scores, idx, backend
+
+
+def _chunk_gather(chunks: list[tuple[np.ndarray, int]]):
+    """``gather(rows)``: the embeddings of global corpus indices ``rows`` from the (memory-
+    mapped) chunk files laid end to end at their offsets."""
+    starts = np.array([offset for _, offset in chunks], dtype=np.int64)
+
+    def gather(rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), chunks[0][0].shape[1]), dtype=np.float32)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        for c in np.unique(which):
+            at = which == c
+            emb, offset = chunks[c]
+            local = rows[at] - offset
+            order = np.argsort(local, kind="stable")  # read each file front to back
+            got = np.empty((len(local), emb.shape[1]), dtype=np.float32)
+            got[order] = emb[local[order]]
+            out[at] = got
+        return out
+
+    return gather
 
 
 def doc_hash_memo(n_corpus: int) -> np.ndarray:
@@ -907,7 +944,7 @@ def _score_missing_positives(rows_files, positive_at, positive_score, q_emb, que
     def flush(upto: int) -> None:
         rr = np.asarray(buf_rows[:upto], dtype=np.int64)
         p_emb = cache.embed(buf_texts[:upto], prompt=doc_prompt)
-        positive_score[rr] = np.einsum("ij,ij->i", q_emb[queries.of_row[rr]], p_emb)
+        positive_score[rr] = exact_scores(q_emb[queries.of_row[rr]], p_emb)
         del buf_rows[:upto], buf_texts[:upto]
 
     r = 0

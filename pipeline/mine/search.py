@@ -202,6 +202,47 @@ class FaissSearcher:
         return canonical_order(self.best_scores, self.best_indices)
 
 
+RESCORE_SLACK = 16  # candidates searched beyond k, so rescoring can reorder across the cut
+_RESCORE_BYTES = 16 << 20  # gathered candidate embeddings held at a time (as float64)
+
+
+def exact_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+    """Row-wise inner products ``queries[i] . docs[i]`` (or ``docs[i, j]``), float32, computed
+    as float64 sums in a fixed order: the same bits whatever the thread count, the BLAS or the
+    machine. A GEMM's float32 rounding depends on how its threads split the work (faiss/BLAS
+    on 1 vs 2 cores gave scores 3 ulps apart and one flipped rank: shards then depended on the
+    core count); every score nvdata writes comes from here instead.
+
+    ``queries`` ``(n, d)``; ``docs`` ``(n, d)`` -> ``(n,)`` or ``(n, m, d)`` -> ``(n, m)``.
+    """
+    q = np.asarray(queries, dtype=np.float64)
+    c = np.asarray(docs, dtype=np.float64)
+    if c.ndim == 3:
+        q = q[:, None, :]
+    return (q * c).sum(axis=-1).astype(np.float32)
+
+
+def rescore(queries: np.ndarray, idx: np.ndarray, gather, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query's searched candidates ``idx`` (``(n, k')``, -1 padded,
+    ``k' >= k``; searched with :data:`RESCORE_SLACK` extra) by :func:`exact_scores`, in
+    :func:`canonical_order`. ``gather(rows)`` returns the corpus embeddings of global corpus
+    indices ``rows`` (``(len(rows), d)``). Deterministic given the candidate set; the set
+    itself can differ only where more than the slack's worth of candidates sit within the
+    search's float32 error (~1e-6) of the cut."""
+    n, kk = idx.shape
+    scores = np.full((n, kk), -np.inf, dtype=np.float32)
+    d = queries.shape[1] if n else 1
+    step = max(1, _RESCORE_BYTES // (8 * max(kk, 1) * d))
+    for s in range(0, n, step):
+        block = idx[s : s + step]
+        ok = block >= 0
+        if ok.any():
+            emb = np.zeros(block.shape + (d,), dtype=np.float32)
+            emb[ok] = gather(block[ok])
+            scores[s : s + step] = np.where(ok, exact_scores(queries[s : s + step], emb), -np.inf)
+    return canonical_order(scores, idx, k)
+
+
 def merge_topk(
     scores_a: np.ndarray, idx_a: np.ndarray, scores_b: np.ndarray, idx_b: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
