@@ -89,7 +89,7 @@ def run_build(
     OUT, the device and the encoder are checked before any work (``nvdata.preflight``); OUT
     may be new, empty or an earlier build, or any folder with ``overwrite``.
     ``engine`` picks the executor of the stages (:mod:`nvdata.engine`): ``local`` (this
-    process) or ``ray`` (a Ray cluster at ``ray_address``; None starts a local one); the
+    process) or ``ray`` (a Ray cluster at ``ray_address``; None: ``RAY_ADDRESS``, else a new local one); the
     write step is the same for both, and so are the shards.
     ``max_rows_per_source`` caps every source's formatted rows at once (a source's own
     ``max_rows`` still applies: the smaller wins); the paper's per-source counts (its Table 12)

@@ -310,10 +310,35 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path):
             f"'--out', {str(tmp_path / 'out')!r}, '--cache', {str(cache)!r}]; app()")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "pip install 'nvdata[ray]'" in proc.stderr + proc.stdout
+    assert "pip install 'ray[data]>=2.51,<2.61'" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
     assert (cache / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("address,env,message", [
+    ("127.0.0.1:1", None, "--ray-address 127.0.0.1:1: nothing answers there"),
+    ("headnode", None, "expected HOST:PORT"),
+    (None, "127.0.0.1:1", "--ray-address 127.0.0.1:1: nothing answers there"),  # RAY_ADDRESS, as ray.init reads it
+])
+def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path, monkeypatch, address, env, message):
+    """ray.init retried an unreachable address for minutes; RAY_ADDRESS was ignored."""
+    if env:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    else:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(build_mod.NvdataError, match=message):
+        run_build(load_recipe("stage2"), out=tmp_path / "out", sample=True, engine="ray", ray_address=address,
+                  cache=tmp_path / "cache")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_ray_outside_the_tested_range_is_refused_with_the_install_line(monkeypatch):
+    from nvdata.engine import ray as ray_engine
+
+    monkeypatch.setattr(ray, "__version__", "2.40.0")
+    with pytest.raises(build_mod.NvdataError, match=r"Ray 2.40.0 is not a version nvdata is tested with.*ray\[data\]"):
+        ray_engine.import_ray()
 
 
 def test_ray_address_without_engine_ray_is_refused(tmp_path):

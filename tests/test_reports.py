@@ -225,3 +225,17 @@ def test_every_markdown_table_row_has_as_many_cells_as_its_header(built):
             if header is None:
                 header = cells
             assert cells == header, f"{md.name}: {line[:120]}"
+
+
+def test_the_decontamination_summary_does_not_depend_on_the_order_hits_arrive_in():
+    """On Ray, hits arrive in the order workers finish: every listing must be in key order."""
+    from nvdata.decontam.report import summarize
+
+    hits = [{"source": src, "table": "pairs", "row_id": f"{src}-{i}", "action": "drop_row", "field": "query",
+             "method": "exact", "test_set": task}
+            for task in ("FEVER", "ArguAna", "NQ") for src in ("msmarco", "fever", "hotpotqa") for i in range(2)]
+    counts = {src: {"pairs": {"checked": 10, "kept": 4, "dropped": 6, "texts": 10}} for src in ("msmarco", "fever", "hotpotqa")}
+    one = json.dumps(summarize(hits, counts))
+    assert json.dumps(summarize(hits[::-1], counts)) == one
+    assert list(json.loads(one)["test_sets"]) == ["ArguAna", "FEVER", "NQ"]
+    assert list(json.loads(one)["test_sets"]["FEVER"]["sources"]) == ["fever", "hotpotqa", "msmarco"]

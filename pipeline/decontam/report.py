@@ -77,7 +77,9 @@ def summarize(hits: list[dict], counts: dict, index_summary: dict | None = None)
     for method, rows in by_method.items():
         for src, *_ in rows:
             sources[src]["rows_matched_by_method"][method] += 1
-    for task, rows in by_test.items():
+    # Every listing in key order, never in the order hits arrived (Ray's is not fixed) nor in a
+    # set's (string hashes are salted per process).
+    for task, rows in sorted(by_test.items()):
         t = tests.setdefault(task, {"texts_indexed": None, "splits": [], "rows_matched_by_method": dict.fromkeys(_METHODS, 0), "rows_matched": 0, "sources": {}})
         t["rows_matched"] = len(rows)
         for src, *_ in rows:
@@ -86,6 +88,10 @@ def summarize(hits: list[dict], counts: dict, index_summary: dict | None = None)
             t["sources"][src] = t["sources"].get(src, 0) + 1
     for (task, method), rows in by_test_method.items():
         tests[task]["rows_matched_by_method"][method] = len(rows)
+    for t in tests.values():
+        t["sources"] = dict(sorted(t["sources"].items()))
+    for src in sources.values():
+        src["rows_by_test_set"] = dict(sorted(src["rows_by_test_set"].items()))
 
     totals = {k: v for k, v in named.totals(sources).items() if k in named.DECONTAMINATION_KEYS}
     totals.update({

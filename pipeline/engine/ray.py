@@ -89,7 +89,9 @@ from nvdata.stages import format as fstage
 from nvdata.stages import mine as mstage
 from nvdata.stages.io import exact_batches, parquet_file, write_batches
 
-INSTALL_HINT = "--engine ray needs Ray: pip install 'nvdata[ray]'"
+RAY_TESTED = (">=2.51", "<2.61")  # pyproject's `ray` extra; map_batches' compute API moved twice before
+INSTALL_HINT = (f"--engine ray needs Ray with Ray Data: pip install 'ray[data]{','.join(RAY_TESTED)}' "
+                "(in a checkout: pip install -e '.[ray]')")
 TASK_RETRIES = 3  # re-runs of a task whose worker died
 PART_BATCHES_MAX = 16  # a decontamination or format part is at most this many batches
 
@@ -101,18 +103,45 @@ def import_ray():
         import ray.data  # noqa: F401
     except ImportError:
         raise NvdataError(INSTALL_HINT) from None
+    from packaging.specifiers import SpecifierSet
+
+    if ray.__version__ not in SpecifierSet(",".join(RAY_TESTED)):
+        raise NvdataError(f"Ray {ray.__version__} is not a version nvdata is tested with; {INSTALL_HINT}")
     return ray
+
+
+def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+    """Refuse a ``host:port`` cluster address nothing answers at, in seconds: ``ray.init``
+    retries an unreachable GCS for minutes, printing one log line every few seconds."""
+    import socket
+
+    if address in (None, "auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise NvdataError(f"--ray-address {address}: expected HOST:PORT (the head's GCS, port 6379 by default), "
+                          "'auto' or nothing")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise NvdataError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
+                          "is `ray start --head` running on that node, and is the port open?") from None
 
 
 @contextmanager
 def ray_session(address: str | None):
-    """Join the cluster at ``address`` (``auto``: the one ``ray start`` set up on this node), or
-    start a local Ray on this machine's CPUs when None. A session already open in this process
-    (a test's, a notebook's) is used as it is and left open."""
+    """Join the cluster at ``address`` (``HOST:PORT``; ``auto``: the one ``ray start`` set up on
+    this node; None: ``RAY_ADDRESS`` if set), or start a local Ray on this machine's CPUs. A
+    session already open in this process (a test's, a notebook's) is used as it is and left
+    open. Errors (:class:`NvdataError`): Ray missing or outside ``RAY_TESTED``; an address
+    nothing answers at (in seconds, not after Ray's minutes of retries)."""
     ray = import_ray()
     if ray.is_initialized():
         yield ray
         return
+    # As `ray.init()` and `ray job submit` do: RAY_ADDRESS is the cluster when no address is given.
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    _check_reachable(address)
     try:  # "local": a new Ray on this machine's CPUs (as Ray counts them, cgroup limits included)
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
@@ -453,6 +482,7 @@ class _EncodeTally:
     batches: int = 0
     seconds: float = 0.0
     workers: int = 0
+    busy_seconds: float = 0.0  # actor time spent on the source, every phase
 
     def add(self, got: dict) -> None:
         if got["cached"]:
@@ -462,9 +492,10 @@ class _EncodeTally:
         self.batches += got["batches"]
         self.seconds += got["seconds"]
         self.workers = max(self.workers, got["workers"])
+        self.busy_seconds += got["wall"]
 
-    def merged(self, in_miner: dict, *, actors: int) -> dict:
-        """The source's ``encode`` figures, as the local miner reports them: each text block
+    def merged(self, in_miner: dict) -> dict:
+        """The source's ``encode`` figures in the local miner's schema: each text block
         counted once, a hit if it was in the cache before the stage. ``in_miner``: what the
         miner's prepare phase did itself (it loads every block embedded ahead, so its
         hits beyond those, and all its misses, are blocks the pool did not embed: the
@@ -479,8 +510,6 @@ class _EncodeTally:
             "batches": self.batches + in_miner.get("batches", 0),
             "seconds": round(self.seconds + in_miner.get("seconds", 0.0), 3),
             "workers": self.workers,  # tokenizer threads per actor
-            "actors": actors,
-            "in_miner": in_miner,
         }
 
 
@@ -515,14 +544,15 @@ class _DenseWorker:
             yield cache
 
     def _embed(self, texts: list[str], prompt: str | None) -> dict:
-        before = self.enc.stats.to_dict()
+        t0, before = time.perf_counter(), self.enc.stats.to_dict()
         with self._cache() as cache:
             cached = cache.path_for(texts, prompt).exists()
             if not cached:
                 cache.embed(texts, prompt=prompt)
         after = self.enc.stats.to_dict()
         return {"texts": len(texts), "cached": cached, "gpus": self.gpus, "workers": self.workers,
-                "batches": after["batches"] - before["batches"], "seconds": after["seconds"] - before["seconds"]}
+                "batches": after["batches"] - before["batches"], "seconds": after["seconds"] - before["seconds"],
+                "wall": time.perf_counter() - t0}
 
     def embed_chunk(self, path: str, start: int, stop: int) -> dict:
         """Rows ``[start, stop)`` of a corpus table, embedded as one cache file (kept if there)."""
@@ -538,35 +568,39 @@ class _DenseWorker:
 
         return {**self._embed(texts, dense.query_prompt(self.enc, self.stage.cfg, instruction)), "source": source}
 
-    def group(self, job: plan.MinePlan, work: str, batch_rows: int) -> str:
+    def group(self, job: plan.MinePlan, work: str, batch_rows: int) -> tuple[str, float]:
         from nvdata.mine import dense
 
+        t0 = time.perf_counter()
         dense.group_queries(job.rows_file, Path(work), batch_rows)
-        return job.name
+        return job.name, time.perf_counter() - t0
 
-    def prepare(self, job: plan.MinePlan, seed: int, work: str, batch_rows: int, block: int) -> tuple[str, list]:
+    def prepare(self, job: plan.MinePlan, seed: int, work: str, batch_rows: int, block: int) -> tuple[str, list, float]:
         """The dense miner's prepare phase (its queries and corpus chunks found in the cache)."""
         from nvdata.mine import dense
 
+        t0 = time.perf_counter()
         with self._cache() as cache:
             meta = dense.prepare(job.rows_file, job.corpus, Path(work), self.stage.cfg, enc=self.enc, cache=cache,
                                  seed=seed, batch_rows=batch_rows, block=block)
-        return job.name, meta["blocks"]
+        return job.name, meta["blocks"], time.perf_counter() - t0
 
-    def search_block(self, name: str, work: str, start: int) -> tuple[str, int, str]:
+    def search_block(self, name: str, work: str, start: int) -> tuple[str, float]:
         """One query block of a source against all its corpus chunks; results into ``work``."""
         from nvdata.mine import dense
 
+        t0 = time.perf_counter()
         if self._memo is None or self._memo[0] != work:
             self._memo = (work, dense.doc_hash_memo(dense.corpus_size(Path(work))))
         got = dense.search_block(Path(work), start, self.stage.cfg, device=self.enc.device, doc_hash=self._memo[1])
-        return name, start, got["process"]
+        return name, time.perf_counter() - t0
 
-    def finish(self, job: plan.MinePlan, work: str, out: str, batch_rows: int) -> tuple[str, dict]:
+    def finish(self, job: plan.MinePlan, work: str, out: str, batch_rows: int) -> tuple[str, dict, float]:
         """The blocks merged, the rows and report written into the stage folder ``out``."""
-        self._memo = None
-        return job.name, mstage.finish_dense(job.rows_file, Path(work), cfg=self.stage.cfg, out=Path(out),
-                                             batch_rows=batch_rows)
+        t0, self._memo = time.perf_counter(), None
+        report = mstage.finish_dense(job.rows_file, Path(work), cfg=self.stage.cfg, out=Path(out),
+                                     batch_rows=batch_rows)
+        return job.name, report, time.perf_counter() - t0
 
     def mine(self, job: plan.MinePlan, recipe, cache: str, out, batch_rows: int) -> tuple[str, dict]:
         """One source's mine plan that needs the encoder on this actor alone (dense STS)
@@ -937,7 +971,6 @@ class _Run:
                 chunks.append((str(job.corpus), s, min(s + cfg.chunk_size, n)))
                 of_chunk.setdefault(chunks[-1], []).append(job.name)  # a corpus two sources share counts for both
         ahead = {name: _EncodeTally() for name in dense_jobs}
-        t_stage = time.perf_counter()
         rows = sum(pq.ParquetFile(job.rows_file).metadata.num_rows for job, _ in dense_jobs.values())
         block = dense.query_block_size(cfg)
         pool = self._pool(max(len(chunks), len(jobs), -(-rows // block)), gpu=True)
@@ -964,9 +997,9 @@ class _Run:
                 gpus = f", {max(visible)} GPU visible per actor" if max(visible, default=0) else ""
                 self.ctx.say("mine", 0, total, f"corpus embeddings: {encoded} of {texts} texts encoded "
                              f"({texts - encoded} cached) on {pool.describe()}{gpus}")
-            for _ in actor_pool.map_unordered(lambda a, jt: a.group.remote(jt[0], work[jt[0].name], batch_rows),
-                                              list(dense_jobs.values())):
-                pass
+            for name, seconds in actor_pool.map_unordered(
+                    lambda a, jt: a.group.remote(jt[0], work[jt[0].name], batch_rows), list(dense_jobs.values())):
+                ahead[name].busy_seconds += seconds
             texts = encoded = 0
             query_chunks = ((job.name, key, qt) for job, _ in dense_jobs.values()
                             for key, _, qt in dense.query_chunks(job.rows_file, dense.first_rows(Path(work[job.name])),
@@ -975,20 +1008,22 @@ class _Run:
                                     2 * pool.size):
                 embedded(got, (got["source"],))
             blocks = []
-            for name, starts in actor_pool.map_unordered(
+            for name, starts, seconds in actor_pool.map_unordered(
                     lambda a, jt: a.prepare.remote(jt[0], recipe.seed, work[jt[0].name], batch_rows, block),
                     list(dense_jobs.values())):
                 blocks += [(name, s) for s in starts]
-            for _ in actor_pool.map_unordered(lambda a, b: a.search_block.remote(b[0], work[b[0]], b[1]),
-                                              sorted(blocks)):
-                pass  # each block's results are files in its source's work folder, named by its start
-            for name, report in actor_pool.map_unordered(
+                ahead[name].busy_seconds += seconds
+            for name, seconds in actor_pool.map_unordered(lambda a, b: a.search_block.remote(b[0], work[b[0]], b[1]),
+                                                          sorted(blocks)):
+                ahead[name].busy_seconds += seconds  # the results are files in the work folder, named by block
+            for name, report, seconds in actor_pool.map_unordered(
                     lambda a, jt: a.finish.remote(jt[0], work[jt[0].name], str(jt[1]), batch_rows),
                     list(dense_jobs.values())):
-                # The report covers the whole source as the local miner's does: its chunks were
-                # embedded on the pool ahead of the miner, which then found them in the cache.
-                report["encode"] = ahead[name].merged(report["encode"], actors=pool.size)
-                report.setdefault("timing", {})["total_seconds"] = round(time.perf_counter() - t_stage, 3)
+                # The report covers the whole source as the local miner's does (same schema): its
+                # chunks were embedded on the pool ahead of the miner, which found them cached;
+                # total_seconds is the actor time spent on it, every phase (local: its wall time).
+                report["encode"] = ahead[name].merged(report["encode"])
+                report.setdefault("timing", {})["total_seconds"] = round(ahead[name].busy_seconds + seconds, 3)
                 emit.write_json(dense_jobs[name][1] / "report.json", report)
                 done_one(name, report)
             for name, report in actor_pool.map_unordered(
