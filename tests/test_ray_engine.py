@@ -321,15 +321,19 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path):
     ("headnode", None, "expected HOST:PORT"),
     (None, "127.0.0.1:1", "--ray-address 127.0.0.1:1: nothing answers there"),  # RAY_ADDRESS, as ray.init reads it
 ])
-def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path, monkeypatch, address, env, message):
-    """ray.init retried an unreachable address for minutes; RAY_ADDRESS was ignored."""
+def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path, address, env, message):
+    """ray.init retried an unreachable address for minutes; RAY_ADDRESS was ignored. A fresh
+    driver process, through the CLI: one line, exit 2, nothing written."""
+    cmd = [sys.executable, "-m", "nvdata.cli", "build", "--recipe", "stage2", "--sample", "--engine", "ray",
+           "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    if address:
+        cmd += ["--ray-address", address]
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     if env:
-        monkeypatch.setenv("RAY_ADDRESS", env)
-    else:
-        monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with pytest.raises(build_mod.NvdataError, match=message):
-        run_build(load_recipe("stage2"), out=tmp_path / "out", sample=True, engine="ray", ray_address=address,
-                  cache=tmp_path / "cache")
+        environ["RAY_ADDRESS"] = env
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=environ)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
 
 
