@@ -150,6 +150,7 @@ def run_build(
                 negatives_per_row=per_row)
             # the paper's v2 options (recipe keys): --max-rows-per-source, test_similarity_filter
             manifest["max_rows_per_source"] = max_rows_per_source
+            manifest["warnings"] = named_counts.mining_warnings(mine_reports)
             similarity = {n: r.details["test_similarity"] for n, r in results.items() if "test_similarity" in r.details}
             for n, rep in similarity.items():
                 manifest["sources"][n]["test_similarity_dropped"] = rep["rows_dropped"]

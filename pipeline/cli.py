@@ -338,6 +338,8 @@ def _print_build_summary(name: str, res) -> None:
     wide.print(t)
     for skipped, why in res.skipped.items():
         console.print(f"[yellow]skipped {skipped}:[/] {why}")
+    for line in res.manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {line}")
     console.print("time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()))
     out = res.out.resolve()
     reports = res.manifest.get("reports", {})

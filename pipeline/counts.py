@@ -113,6 +113,29 @@ def shortfall_dropped(source: str, mine_report: Mapping | None) -> int:
     return 0
 
 
+def mining_warnings(mine_reports: Mapping[str, Mapping], share: float = 0.5) -> list[str]:
+    """One line per mined source where at least ``share`` of the rows written got no negative
+    at all, naming the filter that removed the most candidates: a build that exits 0 with
+    empty negative lists is almost always a filter setting (or an encoder) that does not suit
+    the data, e.g. ``relative_margin`` under an encoder whose scores all sit near the positive's.
+    """
+    out = []
+    for name, rep in mine_reports.items():
+        rows = rep.get("rows_out") or 0
+        none = (rep.get("shortfall") or {}).get("without_negatives", 0)
+        if not rows or none < share * rows:
+            continue
+        removed = {k: v for k, v in (rep.get("removed") or {}).items() if v}
+        why = ""
+        if removed:
+            worst = max(removed, key=removed.get)
+            retrieved = (rep.get("candidates") or {}).get("retrieved")
+            why = f"; {worst} removed the most candidates ({removed[worst]:,}" + (
+                f" of {retrieved:,} retrieved)" if retrieved else ")")
+        out.append(f"{name}: {none:,} of {rows:,} rows got no negatives{why} (reports/mining.json)")
+    return out
+
+
 def source_counts(
     source: str,
     *,

@@ -234,3 +234,16 @@ def test_build_never_replaces_the_mirror_it_reads(tmp_path):
                                 "--overwrite", "--cache", str(tmp_path / "cache")])
         assert r.exit_code == 2 and "would replace" in r.output, r.output
     assert sorted(p.name for p in mirror.iterdir()) == before and not (tmp_path / "cache").exists()
+
+
+def test_a_build_whose_filters_leave_no_negatives_says_so(tmp_path):
+    """Exit 0 with empty negative lists and no word (a fresh-user trial: the paper's 5% margin
+    under a random encoder): the summary now names the filter, the manifest keeps the line."""
+    (tmp_path / "r.yaml").write_text("name: w\nstage: 1\nsources:\n  scifact: {}\n"
+                                     "mining:\n  dense:\n    num_negatives: 2\n    max_score: -1.0\n")
+    r = runner.invoke(app, ["build", "--recipe", str(tmp_path / "r.yaml"), "--sample", "--limit", "20",
+                            "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "warning: scifact: 20 of 20 rows got no negatives; max_score removed the most candidates" in " ".join(r.output.split())
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["warnings"] and manifest["warnings"][0].startswith("scifact: 20 of 20 rows got no negatives")
