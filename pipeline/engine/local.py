@@ -105,6 +105,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
     sts_names = [n for n in raws if registry[n].task_type == "sts"]
     with timer("mine"):
         encoder = None
+        say("mine", 0, len(raws), f"{len(raws)} source(s)")  # the stage's bar (and clock) starts now
         for done, name in enumerate(raws, 1):
             entry = registry[name]
             if encoder is None and plan.needs_encoder(entry, recipe):  # once per build, only when needed

@@ -978,6 +978,9 @@ class _Run:
             num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)
         actors = [worker.remote(encoder, str(self.ctx.cache / "embeddings")) for _ in range(pool.size)]
         recipe, batch_rows = self.ctx.recipe, self.ctx.batch_rows
+        # The stage's bar starts here (its clock too), not when the first source is done.
+        self.ctx.say("mine", 0, total, f"{len(jobs)} source(s) on the encoder pool ({pool.describe()}): "
+                     f"{len(chunks)} corpus chunk(s), {rows:,} rows")
         try:
             actor_pool = ActorPool(actors)
             texts = encoded = 0
