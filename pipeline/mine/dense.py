@@ -5,7 +5,9 @@ top-k nearest documents of every query exactly, drop the candidates that must no
 and pick ``num_negatives`` of the rest. The three parts live apart:
 
 * search:     :mod:`nvdata.mine.encode` (encoder, embedding cache) and
-              :mod:`nvdata.mine.search` (faiss / torch exact top-k over corpus chunks);
+              :mod:`nvdata.mine.search` (faiss / torch exact top-k over corpus chunks; every
+              score then recomputed exactly, so shards never depend on the thread count);
+* grouping:   :mod:`nvdata.mine.keysort` (queries numbered and key tables sorted out of core);
 * filters:    :mod:`nvdata.mine.filters`, each rule a pure function over the candidate arrays;
 * selection:  :mod:`nvdata.mine.selection` (top or seeded random).
 
