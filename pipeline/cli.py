@@ -288,7 +288,7 @@ def build_cmd(
     force: Annotated[bool, typer.Option("--force", help="Ignore every cached stage.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out even if it is a non-empty folder that is not an earlier build.")] = False,
     max_rows_per_source: Annotated[Optional[int], typer.Option("--max-rows-per-source", min=1, help="Cap every source's formatted rows at N (seeded sample; a source's own max_rows still applies).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="local (this process) | ray (a Ray cluster; needs the ray extra: pip install -e '.[ray]').")] = "local",
+    engine: Annotated[str, typer.Option("--engine", help="local (this process) | ray (a Ray cluster; needs the ray extra: pip install -e '.\\[ray]').")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="--engine ray: the cluster to join, HOST:PORT or 'auto' (the one `ray start` runs on this node); default: RAY_ADDRESS if set, else a new local Ray.")] = None,
 ):
     """Run a recipe end to end: download -> decontaminate -> format -> mine -> write.

@@ -225,7 +225,9 @@ def test_a_killed_worker_is_restarted_by_ray(ray_build, local_build):
 def test_progress_and_gpu_placement(ray_build):
     res, *_, messages, _ = ray_build
     recipe = load_recipe("stage2")
-    assert len([m for m in messages if m[0] == "download"]) == len(recipe.sources)  # skipped ones too
+    assert len([m for m in messages if m[0] == "download" and m[1] > 0]) == len(recipe.sources)  # skipped too
+    for stage in ("download", "decontaminate", "format", "mine"):  # each bar's clock starts with its stage
+        assert next(m for m in messages if m[0] == stage)[1] == 0, stage
     for stage in ("decontaminate", "format", "mine"):
         done = [m[1] for m in messages if m[0] == stage and m[1] > 0]
         assert sorted(done) == list(range(1, len(res.sources) + 1)), stage
@@ -319,7 +321,7 @@ def test_engine_ray_without_ray_installed_says_how_to_install_it(tmp_path):
 @pytest.mark.parametrize("address,env,message", [
     ("127.0.0.1:1", None, "--ray-address 127.0.0.1:1: nothing answers there"),
     ("headnode", None, "expected HOST:PORT"),
-    (None, "127.0.0.1:1", "--ray-address 127.0.0.1:1: nothing answers there"),  # RAY_ADDRESS, as ray.init reads it
+    (None, "127.0.0.1:1", "RAY_ADDRESS=127.0.0.1:1: nothing answers there"),  # as ray.init reads it
 ])
 def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path, address, env, message):
     """ray.init retried an unreachable address for minutes; RAY_ADDRESS was ignored. A fresh

@@ -51,6 +51,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
     # 1. download
     raws: dict[str, RawSource] = {}
     with timer("download"):
+        say("download", 0, len(recipe.sources), f"{len(recipe.sources)} source(s)")  # bar and clock start
         for done, spec in enumerate(recipe.sources, 1):
             entry = registry[spec.name]
             if not obtainable(entry, ctx.mirror):
@@ -71,6 +72,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
     decontam_dirs: dict[str, tuple[Path, str]] = {}
     all_hits: list[dict] = []
     with timer("decontaminate"):
+        say("decontaminate", 0, len(raws), f"{len(raws)} source(s)")
         index = decontam.build_test_index(recipe.decontamination, mirror=ctx.mirror,
                                           cache_dir=cache / "test-index")
         for done, (name, raw) in enumerate(raws.items(), 1):
@@ -86,6 +88,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
     # 3. format
     fmt: dict[str, tuple[Path, str]] = {}
     with timer("format"):
+        say("format", 0, len(raws), f"{len(raws)} source(s)")
         instr_key = instructions_key()
         for done, name in enumerate(raws, 1):
             d, dkey = decontam_dirs[name]
@@ -105,7 +108,7 @@ def run_stages(ctx: BuildContext) -> StageOutputs:
     sts_names = [n for n in raws if registry[n].task_type == "sts"]
     with timer("mine"):
         encoder = None
-        say("mine", 0, len(raws), f"{len(raws)} source(s)")  # the stage's bar (and clock) starts now
+        say("mine", 0, len(raws), f"{len(raws)} source(s)")
         for done, name in enumerate(raws, 1):
             entry = registry[name]
             if encoder is None and plan.needs_encoder(entry, recipe):  # once per build, only when needed

@@ -110,7 +110,7 @@ def import_ray():
     return ray
 
 
-def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
+def _check_reachable(address: str | None, given: str, timeout: float = 10.0) -> None:
     """Refuse a ``host:port`` cluster address nothing answers at, in seconds: ``ray.init``
     retries an unreachable GCS for minutes, printing one log line every few seconds."""
     import socket
@@ -119,12 +119,11 @@ def _check_reachable(address: str | None, timeout: float = 10.0) -> None:
         return
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
     if not sep or not port.isdigit():
-        raise NvdataError(f"--ray-address {address}: expected HOST:PORT (the head's GCS, port 6379 by default), "
-                          "'auto' or nothing")
+        raise NvdataError(f"{given}: expected HOST:PORT (the head's GCS, port 6379 by default), 'auto' or nothing")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as e:
-        raise NvdataError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); "
+        raise NvdataError(f"{given}: nothing answers there ({e.strerror or e}); "
                           "is `ray start --head` running on that node, and is the port open?") from None
 
 
@@ -140,14 +139,14 @@ def ray_session(address: str | None):
         yield ray
         return
     # As `ray.init()` and `ray job submit` do: RAY_ADDRESS is the cluster when no address is given.
+    given = f"--ray-address {address}" if address else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')}"
     address = address or os.environ.get("RAY_ADDRESS") or None
-    _check_reachable(address)
+    _check_reachable(address, given)
     try:  # "local": a new Ray on this machine's CPUs (as Ray counts them, cgroup limits included)
         ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
                  log_to_driver=False)
     except ConnectionError as e:
-        raise NvdataError(f"--ray-address {address}: no Ray cluster there ({e}); "
-                          "start one with `ray start --head`") from None
+        raise NvdataError(f"{given}: no Ray cluster there ({e}); start one with `ray start --head`") from None
     try:
         yield ray
     finally:
@@ -672,15 +671,23 @@ class _Run:
 
     def stages(self) -> StageOutputs:
         ctx = self.ctx
+
+        def started(stage: str, total: int) -> None:  # each bar and its clock start with the stage
+            ctx.say(stage, 0, total, f"{total} source(s) on Ray")
+
         with ctx.timer("download"):
+            started("download", len(ctx.recipe.sources))
             raws = self.download()
         if not raws:
             raise NvdataError(f"recipe {ctx.recipe.name!r}: no source could be built")
         with ctx.timer("decontaminate"):
+            started("decontaminate", len(raws))
             index, decontam_dirs, hits = self.decontaminate(raws)
         with ctx.timer("format"):
+            started("format", len(raws))
             fmt = self.format(raws, decontam_dirs)
         with ctx.timer("mine"):
+            started("mine", len(raws))
             mine_reports = self.mine(raws, decontam_dirs, fmt)
         return StageOutputs(self.results, self.skipped, index, hits, mine_reports)
 
@@ -978,7 +985,6 @@ class _Run:
             num_cpus=pool.num_cpus, num_gpus=pool.num_gpus, max_restarts=-1, max_task_retries=TASK_RETRIES)
         actors = [worker.remote(encoder, str(self.ctx.cache / "embeddings")) for _ in range(pool.size)]
         recipe, batch_rows = self.ctx.recipe, self.ctx.batch_rows
-        # The stage's bar starts here (its clock too), not when the first source is done.
         self.ctx.say("mine", 0, total, f"{len(jobs)} source(s) on the encoder pool ({pool.describe()}): "
                      f"{len(chunks)} corpus chunk(s), {rows:,} rows")
         try:
