@@ -339,6 +339,24 @@ def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path, addr
     assert not (tmp_path / "out").exists()
 
 
+def test_an_address_that_answers_but_is_not_ray_is_refused_and_a_real_gcs_is_not(ray_cluster):
+    """An open port that is not a Ray GCS (a web server, the dashboard) made ray.init retry for
+    minutes; a running cluster's GCS address must pass the same check."""
+    import http.server
+
+    from nvdata.engine.ray import _check_reachable
+    from nvdata.errors import NvdataError
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(NvdataError, match="something answers there but it is not a Ray cluster's GCS"):
+            _check_reachable(f"127.0.0.1:{web.server_port}", "--ray-address web")
+    finally:
+        web.shutdown()
+    _check_reachable(ray.get_runtime_context().gcs_address, "--ray-address gcs")  # no error
+
+
 def test_a_ray_outside_the_tested_range_is_refused_with_the_install_line(monkeypatch):
     from nvdata.engine import ray as ray_engine
 

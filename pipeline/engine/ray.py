@@ -121,10 +121,33 @@ def _check_reachable(address: str | None, given: str, timeout: float = 10.0) -> 
     if not sep or not port.isdigit():
         raise NvdataError(f"{given}: expected HOST:PORT (the head's GCS, port 6379 by default), 'auto' or nothing")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise NvdataError(f"{given}: nothing answers there ({e.strerror or e}); "
                           "is `ray start --head` running on that node, and is the port open?") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0") in ("0", "") and not _speaks_http2(conn):
+            raise NvdataError(f"{given}: something answers there but it is not a Ray cluster's GCS (a gRPC "
+                              "server); the head's GCS port is 6379 by default (8265 is the dashboard)")
+
+
+def _speaks_http2(conn, timeout: float = 5.0) -> bool:
+    """Whether the server on ``conn`` answers an HTTP/2 client preface with a SETTINGS frame,
+    as every gRPC server (Ray's GCS, the Ray Client server) does; an HTTP/1 server (the
+    dashboard, a web app) or a silent one does not. Ray itself would retry such an address
+    for minutes."""
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        head = b""
+        while len(head) < 9:
+            got = conn.recv(9 - len(head))
+            if not got:
+                return False
+            head += got
+    except OSError:
+        return False
+    return head[3] == 0x04 and head[5:9] == b"\x00\x00\x00\x00"  # a SETTINGS frame on stream 0
 
 
 @contextmanager
