@@ -362,7 +362,7 @@ def _group_rows(rows_files, n_rows: int, scratch: _Scratch, batch_rows: int) -> 
         gkey, lambda name, n, dtype: scratch.array(name, n, dtype))
     n_q = len(firsts)
     ph_values, ph_off = _distinct_per_query(pos_hash, row_by_q, q_off, scratch)
-    for name in ("group_order", "group_sorted", "group_is_first", "group_q_at_first", "group_counts", "group_rank"):
+    for name in keysort.GROUP_TEMPORARIES:
         (scratch.root / f"{name}.npy").unlink(missing_ok=True)
     queries = _Queries(n_rows, n_q, of_row, row_by_q, q_off, ph_values, ph_off, max_positives, firsts, pid,
                        qid_keys=qid)
@@ -1023,7 +1023,7 @@ def _filter_and_select(
     # Hash each candidate text once per run, only for documents some query retrieved.
     # A few thousand texts at a time: a block's candidates can span most of the corpus (16,384
     # queries x ~100 candidates), and their texts as one Python list grew with the corpus
-    # (+170 MiB at 800k documents; bench/bench_scale.py).
+    # (~300 MiB at 800k documents; bench/bench_scale.py).
     wanted = np.unique(idx[idx >= 0])
     todo = wanted[np.asarray(doc_hash[wanted]) == 0]
     for i in range(0, todo.size, _HASH_BATCH):

@@ -23,6 +23,9 @@ from typing import Callable
 import numpy as np
 
 CHUNK = 1 << 18  # rows held in memory at a time (~10 MiB of temporaries)
+# The working tables :func:`group_first_seen` asks ``alloc`` for beyond its outputs (the
+# caller may delete them after it returns).
+GROUP_TEMPORARIES = ("group_order", "group_sorted", "group_is_first", "group_q_at_first", "group_counts", "group_rank")
 _BITS = 16
 
 

@@ -210,8 +210,9 @@ def exact_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
     """Row-wise inner products ``queries[i] . docs[i]`` (or ``docs[i, j]``), float32, computed
     as float64 sums in a fixed order: the same bits whatever the thread count, the BLAS or the
     machine. A GEMM's float32 rounding depends on how its threads split the work (faiss/BLAS
-    on 1 vs 2 cores gave scores 3 ulps apart and one flipped rank: shards then depended on the
-    core count); every score nvdata writes comes from here instead.
+    on 1 vs 2 threads, 8,192 queries x 70,000 documents: scores up to 4e-7 apart and 504
+    neighbours reordered, so shards depended on the core count); every score nvdata writes
+    comes from here instead.
 
     ``queries`` ``(n, d)``; ``docs`` ``(n, d)`` -> ``(n,)`` or ``(n, m, d)`` -> ``(n, m)``.
     """
